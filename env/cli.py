@@ -1,0 +1,70 @@
+"""Command-line plumbing shared by every stage: dataclass configs as flags, one-line user errors."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import typing
+from typing import Any, Callable, Sequence, TypeVar
+
+C = TypeVar("C")
+
+
+class UserError(Exception):
+    """A mistake the user can fix (bad flag, missing or corrupt artifact); reported as one line, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> typing.NoReturn:
+        raise UserError(f"{message} (see --help)")
+
+
+def _flag_type(tp: Any) -> Any:
+    if tp in (int, float, str):
+        return tp
+    if tp is bool:
+        return _parse_bool
+    origin = typing.get_origin(tp)
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and len(args) == 1:
+        return _flag_type(args[0])
+    raise TypeError(f"unsupported config field type {tp!r}")
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def parse_config(cls: type[C], argv: Sequence[str] | None, description: str = "") -> C:
+    """Parse `argv` into the dataclass `cls`: one `--flag-name` per field, its `help` metadata as help text."""
+    parser = _Parser(description=description or (cls.__doc__ or "").strip().splitlines()[0])
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        default = field.default
+        if default is dataclasses.MISSING:
+            parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, required=True,
+                                type=_flag_type(hints[field.name]), help=field.metadata.get("help", ""))
+            continue
+        parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, default=default,
+                            type=_flag_type(hints[field.name]),
+                            help=f"{field.metadata.get('help', '')} (default: {default})")
+    return cls(**vars(parser.parse_args(argv)))
+
+
+def run(main: Callable[[Sequence[str] | None], Any]) -> None:
+    """Run a stage's `main` as a program: a UserError becomes one line on stderr and exit status 2."""
+    try:
+        code = main(None)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code or 0)

@@ -1,0 +1,194 @@
+"""The episode file format: its one writer, its one reader, and its tf.data streams.
+
+One `.npz` file per episode (ORIGINAL.md §2.4), named `ep_<index>.npz` in `record/`:
+
+| field  | dtype   | shape         | meaning                                                  |
+|--------|---------|---------------|----------------------------------------------------------|
+| obs    | uint8   | [T, 64, 64, 3]| frame seen before action[t]; the frame after the last step is not stored |
+| action | float32 | [T, A]        | the action sent to the env (car: steer, gas, brake; Doom: a ∈ [-1, 1]) |
+| reward | float32 | [T]           | reward for action[t]                                     |
+| done   | bool    | [T]           | the env reported termination at step t                  |
+| task   | str     | []            | task name                                                |
+| seed   | int64   | []            | the env seed of the episode                              |
+
+The schema machinery (`Schema`, `read_npz`, `write_npz`) is shared with the other per-episode formats.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from env.cli import UserError
+from env.files import atomic_write
+from env.tasks import FRAME_SIZE, Task
+
+EPISODE_PATTERN = re.compile(r"^ep_(\d{6,})\.npz$")
+
+
+class FormatError(UserError):
+    """A file that is missing, truncated, corrupt or of the wrong shape; the message names file and field."""
+
+
+@dataclass(frozen=True)
+class Schema:
+    """Per-field dtype and trailing shape of a per-episode npz file; 'T' is the shared length, other
+    names are sizes given when validating (e.g. 'A' = action size); `scalars` are 0-d metadata fields."""
+
+    name: str
+    arrays: Mapping[str, tuple[str, tuple[Any, ...]]]
+    scalars: Mapping[str, str]
+
+    def check(self, path: Path, data: Mapping[str, np.ndarray], sizes: Mapping[str, int]) -> int:
+        """Validate `data`; returns T. Raises FormatError naming `path` and the field."""
+        length = None
+        for key, (dtype, shape) in self.arrays.items():
+            if key not in data:
+                raise FormatError(f"{path}: {self.name} field {key!r} is missing")
+            value = data[key]
+            if value.dtype != np.dtype(dtype):
+                raise FormatError(f"{path}: field {key!r} has dtype {value.dtype}, expected {np.dtype(dtype)}")
+            if value.ndim != len(shape):
+                raise FormatError(f"{path}: field {key!r} has shape {value.shape}, expected {len(shape)} dims "
+                                  f"{shape}")
+            for dim, want in zip(value.shape, shape):
+                if want == "T":
+                    if length is None:
+                        length = dim
+                    elif dim != length:
+                        raise FormatError(f"{path}: field {key!r} has length {dim}, other fields have {length}")
+                elif isinstance(want, str):
+                    if want in sizes and dim != sizes[want]:
+                        raise FormatError(f"{path}: field {key!r} has shape {value.shape}; "
+                                          f"expected {want} = {sizes[want]}")
+                elif dim != want:
+                    raise FormatError(f"{path}: field {key!r} has shape {value.shape}, expected {shape}")
+        for key, dtype in self.scalars.items():
+            if key not in data:
+                raise FormatError(f"{path}: {self.name} field {key!r} is missing")
+            if data[key].shape != () or data[key].dtype.kind != np.dtype(dtype).kind:
+                raise FormatError(f"{path}: field {key!r} is {data[key].dtype}{list(data[key].shape)}, "
+                                  f"expected a {dtype} scalar")
+        if not length:
+            raise FormatError(f"{path}: {self.name} is empty (length 0)")
+        return length
+
+
+EPISODE = Schema(
+    name="episode",
+    arrays={
+        "obs": ("uint8", ("T", FRAME_SIZE, FRAME_SIZE, 3)),
+        "action": ("float32", ("T", "A")),
+        "reward": ("float32", ("T",)),
+        "done": ("bool", ("T",)),
+    },
+    scalars={"task": "str", "seed": "int64"},
+)
+
+
+def write_npz(path: Path, schema: Schema, data: Mapping[str, Any], sizes: Mapping[str, int]) -> None:
+    """Validate `data` against `schema` and write it atomically as a compressed npz."""
+    arrays = {k: np.asarray(v) for k, v in data.items()}
+    schema.check(Path(path), arrays, sizes)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    atomic_write(Path(path), lambda f: f.write(buffer.getbuffer()))
+
+
+def read_npz(path: Path, schema: Schema, sizes: Mapping[str, int],
+             fields: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+    """Read and validate `fields` (default: all) of a per-episode npz; FormatError on any defect."""
+    path = Path(path)
+    wanted = list(schema.arrays) + list(schema.scalars) if fields is None else list(fields)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            data = {key: npz[key] for key in wanted if key in npz.files}
+    except FileNotFoundError:
+        raise FormatError(f"{path}: {schema.name} file is missing") from None
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as err:
+        raise FormatError(f"{path}: corrupt or truncated {schema.name} file ({err})") from None
+    partial = Schema(schema.name, {k: v for k, v in schema.arrays.items() if k in wanted},
+                     {k: v for k, v in schema.scalars.items() if k in wanted})
+    partial.check(path, data, sizes)
+    return data
+
+
+def episode_path(record_dir: Path, index: int) -> Path:
+    """Where episode `index` lives in `record_dir`."""
+    return Path(record_dir) / f"ep_{index:06d}.npz"
+
+
+def write_episode(path: Path, task: Task, obs: np.ndarray, action: np.ndarray, reward: np.ndarray,
+                  done: np.ndarray, seed: int) -> None:
+    """Validate and atomically write one episode (obs uint8 [T,64,64,3], action float32 [T,A], ...)."""
+    write_npz(path, EPISODE, {"obs": obs, "action": action, "reward": reward, "done": done,
+                              "task": np.str_(task.name), "seed": np.int64(seed)}, {"A": task.action_dim})
+
+
+def read_episode(path: Path, task: Task | None = None, fields: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """Read one episode file; validates shapes, dtypes and (given `task`) the task it was recorded for."""
+    sizes = {"A": task.action_dim} if task is not None else {}
+    if task is not None and fields is not None and "task" not in fields:
+        fields = list(fields) + ["task"]
+    data = read_npz(path, EPISODE, sizes, fields)
+    if task is not None and str(data["task"]) != task.name:
+        raise FormatError(f"{path}: episode was recorded for task {str(data['task'])!r}, not {task.name!r}")
+    return data
+
+
+def list_episodes(record_dir: Path) -> list[Path]:
+    """The episode files in `record_dir`, in index order; a UserError if there are none."""
+    record_dir = Path(record_dir)
+    if not record_dir.is_dir():
+        raise UserError(f"{record_dir}: no such directory (run stage 1, env.extract, first)")
+    paths = sorted(p for p in record_dir.iterdir() if EPISODE_PATTERN.match(p.name))
+    if not paths:
+        raise UserError(f"{record_dir}: contains no episode files (run stage 1, env.extract, first)")
+    return paths
+
+
+def frame_dataset(paths: Sequence[Path], task: Task, batch_size: int, seed: int, shuffle_buffer: int = 10_000,
+                  cycle_length: int = 8):
+    """tf.data stream of uint8 [batch, 64, 64, 3] frame batches from episode files.
+
+    Episode order is reshuffled every pass; frames of `cycle_length` episodes are interleaved and
+    shuffled through a buffer of `shuffle_buffer` frames. Memory is bounded by the buffer and the
+    open episodes, not by the number of episodes. The last partial batch is dropped (as the original).
+    """
+    import tensorflow as tf
+
+    def frames_of(path: bytes):
+        yield read_episode(Path(path.decode()), task, fields=("obs",))["obs"]
+
+    spec = tf.TensorSpec((None, FRAME_SIZE, FRAME_SIZE, 3), tf.uint8)
+    files = tf.data.Dataset.from_tensor_slices([str(p) for p in paths])
+    files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+    frames = files.interleave(
+        lambda p: tf.data.Dataset.from_generator(frames_of, args=(p,), output_signature=spec).unbatch(),
+        cycle_length=cycle_length, block_length=1, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    frames = frames.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    return frames.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def episode_dataset(paths: Sequence[Path], read, signature: Mapping[str, Any], seed: int | None = None):
+    """tf.data stream of whole episodes: `read(path) -> dict of arrays` matching `signature`
+    (a dict of tf.TensorSpec). Shuffled each pass when `seed` is given. Holds one episode at a time."""
+    import tensorflow as tf
+
+    def episodes(path: bytes):
+        data = read(Path(path.decode()))
+        yield {key: data[key] for key in signature}
+
+    files = tf.data.Dataset.from_tensor_slices([str(p) for p in paths])
+    if seed is not None:
+        files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+    return files.interleave(
+        lambda p: tf.data.Dataset.from_generator(episodes, args=(p,), output_signature=dict(signature)),
+        cycle_length=2, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -1,0 +1,195 @@
+"""Stage 1: collect random-policy rollouts of a task's real env into `OUT/record/` (WME: extract.py).
+
+Episode i is a deterministic function of (seed, i): rerunning writes identical arrays, and rerunning
+after a kill skips the finished episodes. Episodes are collected by `--workers` processes.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from env.cli import UserError, parse_config, run
+from env.episodes import episode_path, write_episode
+from env.files import ensure_dir, read_json, stage_record, write_json
+from env.policies import make_collection_policy
+from env.tasks import Task, get_task
+from env.wrappers import make_env
+
+MAX_ATTEMPTS = 100
+"""Tries per episode slot to draw an episode longer than the task's minimum length."""
+
+COMPARED_SETTINGS = ("task", "seed", "max_steps")
+"""Settings that must match an existing `record/` for a rerun to add to it."""
+
+
+@dataclass
+class ExtractConfig:
+    """Collect random-policy episodes (stage 1)."""
+
+    out: str = field(default="", metadata={"help": "run directory; episodes go to OUT/record/"})
+    task: str = field(default="carracing", metadata={"help": "carracing or doom"})
+    episodes: int = field(default=10_000, metadata={
+        "help": "episodes to keep (original: first 10,000 recorded files)"})
+    max_steps: int = field(default=0, metadata={
+        "help": "step cap per episode; 0 = the task's cap (car 1000, Doom 2100)"})
+    workers: int = field(default=os.cpu_count() or 1, metadata={"help": "collection processes"})
+    seed: int = field(default=0, metadata={"help": "episode i is a function of (seed, i)"})
+
+
+def collect_episode(env, task: Task, config: ExtractConfig, index: int, record_dir: Path) -> int:
+    """Play and write episode slot `index`; returns its length. Short Doom episodes are redrawn."""
+    for attempt in range(MAX_ATTEMPTS):
+        seeds = np.random.SeedSequence([config.seed, index, attempt])
+        env_seed = int(seeds.generate_state(1)[0] & 0x7FFFFFFF)
+        policy = make_collection_policy(task, np.random.default_rng(seeds))
+        obs, _ = env.reset(seed=env_seed)
+        frames, actions, rewards, dones = [], [], [], []
+        for t in range(config.max_steps):
+            action = policy(t)
+            frames.append(obs)
+            actions.append(action)
+            obs, reward, terminated, truncated, info = env.step(action)
+            rewards.append(reward)
+            dones.append(bool(info.get("env_terminated", terminated)))
+            if terminated or truncated:
+                break
+        if len(frames) > task.min_episode_length:
+            write_episode(episode_path(record_dir, index), task, np.stack(frames),
+                          np.stack(actions).astype(np.float32), np.asarray(rewards, np.float32),
+                          np.asarray(dones, bool), env_seed)
+            return len(frames)
+    raise RuntimeError(f"episode {index}: no episode longer than {task.min_episode_length} steps "
+                       f"in {MAX_ATTEMPTS} attempts")
+
+
+def _worker(config_dict: dict, record_dir: str, jobs, results) -> None:
+    """Worker process: build one env, collect the episode indices it is handed until None."""
+    config = ExtractConfig(**config_dict)
+    task = get_task(config.task)
+    env = make_env(task, max_steps=config.max_steps, full_episode=task.collect_full_episode)
+    try:
+        while (index := jobs.get()) is not None:
+            try:
+                results.put(("ok", index, collect_episode(env, task, config, index, Path(record_dir))))
+            except Exception:
+                results.put(("error", index, traceback.format_exc()))
+                return
+    finally:
+        env.close()
+
+
+def _collect_parallel(config: ExtractConfig, pending: list[int], record_dir: Path, progress) -> int:
+    """Collect `pending` episodes with `config.workers` processes; returns frames collected."""
+    ctx = mp.get_context("spawn")
+    jobs, results = ctx.Queue(), ctx.Queue()
+    for index in pending:
+        jobs.put(index)
+    workers = [ctx.Process(target=_worker, args=(asdict(config), str(record_dir), jobs, results), daemon=True)
+               for _ in range(min(config.workers, len(pending)))]
+    for _ in workers:
+        jobs.put(None)
+    for w in workers:
+        w.start()
+    frames = 0
+    try:
+        for _ in pending:
+            while True:
+                try:
+                    status, index, payload = results.get(timeout=5.0)
+                    break
+                except queue.Empty:
+                    dead = [w for w in workers if w.exitcode not in (None, 0)]
+                    if dead:
+                        raise RuntimeError(f"a collection worker died (exit code {dead[0].exitcode}); "
+                                           "rerun to resume") from None
+            if status == "error":
+                raise RuntimeError(f"collecting episode {index} failed:\n{payload}")
+            frames += payload
+            progress(payload)
+    finally:
+        for w in workers:
+            if w.is_alive():
+                w.terminate()
+            w.join()
+    return frames
+
+
+def check_settings(record_dir: Path, config: ExtractConfig) -> None:
+    """Refuse to add episodes to a `record/` written with different settings."""
+    config_path = record_dir / "config.json"
+    if not config_path.exists():
+        return
+    previous = read_json(config_path).get("settings", {})
+    changed = [k for k in COMPARED_SETTINGS if previous.get(k) != getattr(config, k)]
+    if changed:
+        what = ", ".join(f"{k}={previous.get(k)!r} (now {getattr(config, k)!r})" for k in changed)
+        raise UserError(f"{record_dir} was collected with {what}; use another --out or delete {record_dir}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config = parse_config(ExtractConfig, argv)
+    task = get_task(config.task)
+    if not config.out:
+        raise UserError("--out is required (the run directory)")
+    if config.episodes < 1:
+        raise UserError(f"--episodes must be at least 1, got {config.episodes}")
+    if config.workers < 1:
+        raise UserError(f"--workers must be at least 1, got {config.workers}")
+    if config.max_steps == 0:
+        config.max_steps = task.max_steps
+    if config.max_steps <= task.min_episode_length:
+        raise UserError(f"--max-steps must exceed {task.name}'s minimum kept episode length "
+                        f"{task.min_episode_length}, got {config.max_steps}")
+    record_dir = ensure_dir(Path(config.out) / "record")
+    check_settings(record_dir, config)
+    for stale in record_dir.glob(".*.tmp"):
+        stale.unlink()
+    write_json(record_dir / "config.json", stage_record(config))
+
+    pending = [i for i in range(config.episodes) if not episode_path(record_dir, i).exists()]
+    print(f"[stage 1] {task.name}: {config.episodes} episodes (≤ {config.max_steps} steps) → {record_dir}; "
+          f"{config.episodes - len(pending)} already done, {config.workers} worker(s)", flush=True)
+    start = time.perf_counter()
+    bar = tqdm(total=config.episodes, initial=config.episodes - len(pending), unit="ep", dynamic_ncols=True)
+    frames = 0
+
+    def progress(length: int) -> None:
+        nonlocal frames
+        frames += length
+        bar.update(1)
+        bar.set_postfix(frames=frames, fps=f"{frames / (time.perf_counter() - start):.0f}")
+
+    try:
+        if pending and config.workers == 1:
+            env = make_env(task, max_steps=config.max_steps, full_episode=task.collect_full_episode)
+            try:
+                for index in pending:
+                    progress(collect_episode(env, task, config, index, record_dir))
+            finally:
+                env.close()
+        elif pending:
+            _collect_parallel(config, pending, record_dir, progress)
+    finally:
+        bar.close()
+    elapsed = time.perf_counter() - start
+    rate = frames / elapsed if elapsed > 0 else 0.0
+    write_json(record_dir / "config.json", stage_record(
+        config, result={"episodes": config.episodes, "new_frames": frames, "seconds": round(elapsed, 2),
+                        "frames_per_second": round(rate, 1)}))
+    print(f"[stage 1] done: {len(pending)} new episodes, {frames} frames in {elapsed:.1f} s "
+          f"({rate:.0f} frames/s)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)

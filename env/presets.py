@@ -1,0 +1,55 @@
+"""Scale presets: the one place where `smoke` and `small` shrink the original's counts.
+
+`paper` passes the stage defaults (the original code's values) through unchanged. run.sh asks this
+module for each stage's flags: `python -m env.presets --task T --preset P --stage S --np N`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Sequence
+
+from env.cli import UserError, run
+from env.tasks import TASKS
+
+PRESETS: dict[str, dict[str, dict[str, dict[str, object]]]] = {
+    "smoke": {
+        "carracing": {"extract": {"episodes": 4, "max_steps": 150}},
+        "doom": {"extract": {"episodes": 4, "max_steps": 300}},
+    },
+    "small": {
+        "carracing": {"extract": {"episodes": 200}},
+        "doom": {"extract": {"episodes": 600}},
+    },
+    "paper": {
+        "carracing": {"extract": {"episodes": 10_000}},
+        "doom": {"extract": {"episodes": 10_000}},
+    },
+}
+
+
+def stage_flags(task: str, preset: str, stage: str, np_workers: int) -> list[str]:
+    """Command-line flags for `stage` of `task` at `preset`."""
+    if preset not in PRESETS:
+        raise UserError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    if task not in TASKS:
+        raise UserError(f"unknown task {task!r}; choose one of: {', '.join(TASKS)}")
+    values = dict(PRESETS[preset][task].get(stage, {}))
+    if stage == "extract":
+        values.setdefault("workers", max(np_workers, 1) if np_workers > 1 else None)
+    return [f"--{k.replace('_', '-')}={v}" for k, v in values.items() if v is not None]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", required=True)
+    parser.add_argument("--preset", required=True)
+    parser.add_argument("--stage", required=True)
+    parser.add_argument("--np", type=int, default=1)
+    args = parser.parse_args(argv)
+    print(" ".join(stage_flags(args.task, args.preset, args.stage, args.np)))
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)

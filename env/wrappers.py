@@ -1,0 +1,156 @@
+"""Gymnasium environments for both tasks, yielding V's 64×64×3 uint8 frames (ORIGINAL.md §2.1, §6.3, §8).
+
+Both are headless (no X server) and seedable: `reset(seed=s)` makes the episode a deterministic
+function of `s`, and later seed-less resets continue the same random stream.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import gymnasium
+import numpy as np
+from gymnasium import spaces
+from PIL import Image
+
+from env.tasks import FRAME_SIZE, Task
+
+OBS_SPACE = spaces.Box(0, 255, (FRAME_SIZE, FRAME_SIZE, 3), np.uint8)
+DOOM_THRESHOLD = 1.0 / 3.0
+"""C's output a < -1/3 moves left, a > 1/3 moves right, otherwise no-op (ORIGINAL.md §4.2)."""
+
+
+def process_frame(frame: np.ndarray, crop_rows: tuple[int, int]) -> np.ndarray:
+    """frame: uint8 [H, W, 3] → uint8 [64, 64, 3]: keep rows crop_rows, bilinear resize (Pillow)."""
+    start, stop = crop_rows
+    cropped = np.ascontiguousarray(frame[start:stop])
+    image = Image.fromarray(cropped).resize((FRAME_SIZE, FRAME_SIZE), Image.BILINEAR)
+    return np.asarray(image, dtype=np.uint8)
+
+
+class CarRacingEnv(gymnasium.Env):
+    """gymnasium CarRacing-v3 (continuous) with frames cropped to rows 0–83 and resized to 64×64.
+
+    With `full_episode=True` (the original's data collection) the env's termination is reported in
+    `info["env_terminated"]` and the episode runs on to the step cap, as WME's `CarRacingWrapper` did.
+    """
+
+    metadata = {"render_modes": ["rgb_array"]}
+
+    def __init__(self, task: Task, max_steps: int | None = None, full_episode: bool = False):
+        self.task = task
+        self.max_steps = task.max_steps if max_steps is None else max_steps
+        self.full_episode = full_episode
+        self._env = gymnasium.make(task.env_id, continuous=True, disable_env_checker=True).unwrapped
+        self.observation_space = OBS_SPACE
+        self.action_space = self._env.action_space
+        self.render_mode = "rgb_array"
+        self._raw: np.ndarray | None = None
+        self._t = 0
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        raw, info = self._env.reset(seed=int(self.np_random.integers(2**31 - 1)), options=options)
+        self._raw, self._t = raw, 0
+        return process_frame(raw, self.task.crop_rows), info
+
+    def step(self, action):
+        raw, reward, terminated, truncated, info = self._env.step(np.asarray(action, dtype=np.float32))
+        self._raw = raw
+        self._t += 1
+        if self.full_episode:
+            info["env_terminated"] = terminated
+            terminated = False
+        truncated = bool(truncated or self._t >= self.max_steps)
+        return process_frame(raw, self.task.crop_rows), float(reward), bool(terminated), truncated, info
+
+    def render(self) -> np.ndarray | None:
+        """The last full 96×96 state-pixel frame."""
+        return self._raw
+
+    def close(self) -> None:
+        self._env.close()
+
+
+class DoomTakeCoverEnv(gymnasium.Env):
+    """VizDoom TakeCover as the original ran it: one tic per step, reward 1 per step alive, 2,100-step cap.
+
+    Action: C's continuous a ∈ [-1, 1] (shape (1,)), mapped to MOVE_LEFT / MOVE_RIGHT / no-op.
+    The status bar is drawn (as in the original) and cropped away, so the 3D view keeps its shape.
+    """
+
+    metadata = {"render_modes": ["rgb_array"]}
+
+    def __init__(self, task: Task, max_steps: int | None = None, full_episode: bool = False):
+        import vizdoom
+
+        if full_episode:
+            raise ValueError("Doom episodes end on death; full_episode is not supported")
+        self.task = task
+        self.max_steps = task.max_steps if max_steps is None else max_steps
+        game = vizdoom.DoomGame()
+        game.load_config(os.path.join(vizdoom.scenarios_path, task.env_id))
+        game.set_screen_resolution(getattr(vizdoom.ScreenResolution, task.screen_resolution))
+        game.set_screen_format(vizdoom.ScreenFormat.RGB24)
+        game.set_render_hud(task.render_hud)
+        game.set_doom_skill(task.skill)
+        game.set_episode_start_time(task.start_time)
+        game.set_episode_timeout(0)
+        game.set_window_visible(False)
+        game.set_sound_enabled(False)
+        game.set_mode(vizdoom.Mode.PLAYER)
+        game.init()
+        names = [str(b).split(".")[-1] for b in game.get_available_buttons()]
+        self._left = [float(n == "MOVE_LEFT") for n in names]
+        self._right = [float(n == "MOVE_RIGHT") for n in names]
+        self._noop = [0.0] * len(names)
+        if sum(self._left) != 1 or sum(self._right) != 1:
+            raise RuntimeError(f"{task.env_id}: expected MOVE_LEFT and MOVE_RIGHT buttons, got {names}")
+        self._game = game
+        self.observation_space = OBS_SPACE
+        self.action_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
+        self.render_mode = "rgb_array"
+        self._raw: np.ndarray | None = None
+        self._t = 0
+
+    def _frame(self) -> np.ndarray:
+        self._raw = self._game.get_state().screen_buffer
+        return process_frame(self._raw, self.task.crop_rows)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        self._game.set_seed(int(self.np_random.integers(2**31 - 1)))
+        self._game.new_episode()
+        self._t = 0
+        return self._frame(), {}
+
+    def buttons(self, a: float) -> list[float]:
+        """C's output a → the button vector (MOVE_LEFT if a < -1/3, MOVE_RIGHT if a > 1/3, else none)."""
+        if a < -DOOM_THRESHOLD:
+            return self._left
+        if a > DOOM_THRESHOLD:
+            return self._right
+        return self._noop
+
+    def step(self, action):
+        a = float(np.asarray(action, dtype=np.float64).reshape(-1)[0])
+        reward = self._game.make_action(self.buttons(a), 1)
+        self._t += 1
+        terminated = self._game.is_episode_finished()
+        truncated = (not terminated) and self._t >= self.max_steps
+        obs = np.zeros(OBS_SPACE.shape, np.uint8) if terminated else self._frame()
+        return obs, float(reward), bool(terminated), bool(truncated), {}
+
+    def render(self) -> np.ndarray | None:
+        """The last full screen frame (with status bar)."""
+        return self._raw
+
+    def close(self) -> None:
+        self._game.close()
+
+
+def make_env(task: Task, max_steps: int | None = None, full_episode: bool = False) -> gymnasium.Env:
+    """The real environment for `task` (its episode cap, or `max_steps` if given)."""
+    cls = {"carracing": CarRacingEnv, "doom": DoomTakeCoverEnv}[task.name]
+    return cls(task, max_steps=max_steps, full_episode=full_episode)

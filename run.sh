@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# World Models (Ha & Schmidhuber 2018) in TensorFlow/Keras: setup, pipeline, tests.
+#
+#   ./run.sh [carracing|doom] [--preset smoke|small|paper] [--np N] [--out DIR]   run the pipeline
+#   ./run.sh test [pytest args]                                                   run the test suite
+#   ./run.sh bench                                                                print benchmarks
+#
+# The first call creates .venv from requirements.txt; a changed requirements.txt re-syncs it.
+set -euo pipefail
+cd "$(dirname "$0")"
+ROOT="$(pwd)"
+VENV="$ROOT/.venv"
+PY="$VENV/bin/python"
+
+die() { echo "error: $*" >&2; exit 2; }
+
+ensure_venv() {
+    local stamp="$VENV/.requirements.sha256" want
+    want="$(sha256sum requirements.txt | cut -d' ' -f1)"
+    if [[ -x "$PY" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+        return
+    fi
+    echo "[setup] installing requirements.txt into .venv (first run: a few minutes)" >&2
+    if [[ ! -x "$PY" ]]; then
+        python3 -m venv "$VENV" || die "could not create $VENV (python3 with venv is required)"
+    fi
+    "$PY" -m pip install --quiet --upgrade pip >&2
+    "$PY" -m pip install --quiet -r requirements.txt >&2 || die "pip install -r requirements.txt failed"
+    echo "$want" > "$stamp"
+}
+
+# Quiet TensorFlow's CUDA/oneDNN start-up noise on CPU machines; workers stay single-threaded under MPI.
+export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
+export PYTHONUNBUFFERED=1
+
+case "${1:-}" in
+    test)
+        shift
+        ensure_venv
+        exec "$PY" -m pytest tests "$@"
+        ;;
+    bench)
+        shift
+        ensure_venv
+        for bench in tests/benchmarks/bench_*.py; do
+            "$PY" "$bench" "$@"
+        done
+        exit 0
+        ;;
+esac
+
+TASK=carracing
+PRESET=small
+NP=1
+OUT=""
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        carracing|doom) TASK="$1"; shift ;;
+        --preset) [[ $# -ge 2 ]] || die "--preset needs a value"; PRESET="$2"; shift 2 ;;
+        --np) [[ $# -ge 2 ]] || die "--np needs a value"; NP="$2"; shift 2 ;;
+        --out) [[ $# -ge 2 ]] || die "--out needs a value"; OUT="$2"; shift 2 ;;
+        -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+        *) die "unknown argument '$1' (see ./run.sh --help)" ;;
+    esac
+done
+[[ "$NP" =~ ^[1-9][0-9]*$ ]] || die "--np must be a positive integer, got '$NP'"
+OUT="${OUT:-runs/$TASK-$PRESET}"
+
+ensure_venv
+stage_flags() { "$PY" -m env.presets --task "$TASK" --preset "$PRESET" --stage "$1" --np "$NP"; }
+FLAGS="$(stage_flags extract)" || exit 2
+
+SECONDS=0
+# shellcheck disable=SC2086
+"$PY" -m env.extract --task "$TASK" --out "$OUT" $FLAGS
+echo "[stage 1] wall time ${SECONDS}s"
