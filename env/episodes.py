@@ -134,12 +134,15 @@ def write_episode(path: Path, task: Task, obs: np.ndarray, action: np.ndarray, r
 
 def read_episode(path: Path, task: Task | None = None, fields: Sequence[str] | None = None) -> dict[str, np.ndarray]:
     """Read one episode file; validates shapes, dtypes and (given `task`) the task it was recorded for."""
-    sizes = {"A": task.action_dim} if task is not None else {}
     if task is not None and fields is not None and "task" not in fields:
         fields = list(fields) + ["task"]
-    data = read_npz(path, EPISODE, sizes, fields)
-    if task is not None and str(data["task"]) != task.name:
-        raise FormatError(f"{path}: episode was recorded for task {str(data['task'])!r}, not {task.name!r}")
+    data = read_npz(path, EPISODE, {}, fields)
+    if task is not None:
+        if str(data["task"]) != task.name:
+            raise FormatError(f"{path}: episode was recorded for task {str(data['task'])!r}, not {task.name!r}")
+        if "action" in data and data["action"].shape[1] != task.action_dim:
+            raise FormatError(f"{path}: field 'action' has shape {data['action'].shape}; "
+                              f"expected A = {task.action_dim}")
     return data
 
 
