@@ -30,6 +30,8 @@ from env.cli import UserError
 from env.files import atomic_write
 from env.tasks import FRAME_SIZE, Task
 
+COMPRESS_LEVEL = 1
+"""zlib level of the npz files: ≈ 3× faster to write than numpy's default level for ≈ 10–25 % more disk."""
 EPISODE_PATTERN = re.compile(r"^ep_(\d{6,})\.npz$")
 
 
@@ -94,11 +96,15 @@ EPISODE = Schema(
 
 
 def write_npz(path: Path, schema: Schema, data: Mapping[str, Any], sizes: Mapping[str, int]) -> None:
-    """Validate `data` against `schema` and write it atomically as a compressed npz."""
+    """Validate `data` against `schema` and write it atomically as a compressed npz (byte-reproducible)."""
     arrays = {k: np.asarray(v) for k, v in data.items()}
     schema.check(Path(path), arrays, sizes)
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=COMPRESS_LEVEL) as zf:
+        for key, value in arrays.items():
+            with zf.open(zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0)), "w",
+                         force_zip64=True) as f:
+                np.lib.format.write_array(f, value, allow_pickle=False)
     atomic_write(Path(path), lambda f: f.write(buffer.getbuffer()))
 
 

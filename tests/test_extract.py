@@ -60,12 +60,14 @@ def test_obs_t_is_the_frame_before_action_t(car_run):
 
 def test_rerun_is_identical_and_resumes(car_run, tmp_path):
     before = arrays(car_run / "record")
+    before_bytes = (car_run / "record" / "ep_000001.npz").read_bytes()
     # one worker instead of two, and episode 1 "lost" in a kill: the rerun rewrites it identically
     (car_run / "record" / "ep_000001.npz").unlink()
     (car_run / "record" / ".ep_000002.npz.x.tmp").write_bytes(b"partial")
     extract.main(["--task", "carracing", "--episodes", "3", "--max-steps", "40", "--workers", "1",
                   "--seed", "7", "--out", str(car_run)])
     assert_same(before, arrays(car_run / "record"))
+    assert (car_run / "record" / "ep_000001.npz").read_bytes() == before_bytes
     assert not list((car_run / "record").glob(".*.tmp"))
     # a different seed gives different episodes
     extract.main(["--task", "carracing", "--episodes", "1", "--max-steps", "40", "--workers", "1",
