@@ -1,13 +1,15 @@
 """Stage 1 throughput: bare env steps/s vs collection frames/s with 1 and 2 workers, for both tasks.
 
 Run with `./run.sh bench` (or `python tests/benchmarks/bench_extract.py [--quick]`). Prints one table.
+"Bare" replays the very episodes stage 1 collected (same env seeds, same actions) through the
+underlying env alone — gymnasium CarRacing-v3 `step`, or VizDoom `make_action` + screen buffer — so the
+ratio measures stage 1's own overhead: frame crop/resize, policy, compression, writing, worker start-up.
 Collection should reach ≥ 0.9 × workers × bare steps/s for CarRacing; for Doom, whose env is far
-faster, the time split (env, resize, policy, compress + write) shows where the rest goes.
+faster, the time split shows where the rest goes.
 """
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import platform
 import sys
@@ -20,73 +22,51 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from env import extract  # noqa: E402
-from env.episodes import write_episode  # noqa: E402
+from env.episodes import list_episodes, read_episode, write_episode  # noqa: E402
 from env.policies import make_collection_policy  # noqa: E402
 from env.tasks import get_task  # noqa: E402
 from env.wrappers import make_env, process_frame  # noqa: E402
 
 QUICK = "--quick" in sys.argv
-SIZES = {"carracing": (400 if QUICK else 1000, 2 if QUICK else 10),
-         "doom": (2100, 10 if QUICK else 40)}
+EPISODES = {"carracing": 2 if QUICK else 6, "doom": 10 if QUICK else 60}
+"""Episodes per worker in each collection run."""
 
 
-def bare_steps_per_second(task_name: str, steps: int) -> float:
-    """Steps/s of the underlying env alone: gymnasium CarRacing-v3 / VizDoom make_action + screen."""
-    task = get_task(task_name)
-    env = make_env(task)
-    policy = make_collection_policy(task, np.random.default_rng(0))
-    actions = [policy(t % task.max_steps) for t in range(steps)]  # the same action distribution as stage 1
-    if task_name == "carracing":
-        raw = env._env
-        raw.reset(seed=0)
-        start = time.perf_counter()
-        for t in range(steps):
-            if t % task.max_steps == 0:
-                raw.reset(seed=t)
-            raw.step(actions[t])
-    else:
-        game = env._game
-        game.set_seed(0)
-        for t in range(500):  # warm-up
-            game.make_action(env.buttons(0.0), 1) if not game.is_episode_finished() else game.new_episode()
-        game.new_episode()
-        start = time.perf_counter()
-        for t in range(steps):
-            if game.is_episode_finished():
-                game.new_episode()
-            game.make_action(env.buttons(float(actions[t][0])), 1)
-            if not game.is_episode_finished():
-                game.get_state().screen_buffer
+def collect(task_name: str, workers: int, out: str) -> float:
+    """Run stage 1 into `out`; returns frames/s over its whole wall time (start-up included)."""
+    start = time.perf_counter()
+    extract.main(["--task", task_name, "--episodes", str(EPISODES[task_name] * workers), "--workers",
+                  str(workers), "--seed", str(workers), "--out", out])
     elapsed = time.perf_counter() - start
+    frames = sum(len(read_episode(p, fields=("reward",))["reward"]) for p in list_episodes(Path(out, "record")))
+    return frames / elapsed
+
+
+def bare_replay(task_name: str, record: Path) -> float:
+    """Steps/s of the underlying env alone, replaying the recorded episodes' seeds and actions."""
+    task = get_task(task_name)
+    env = make_env(task, full_episode=task.collect_full_episode)
+    steps, elapsed = 0, 0.0
+    for path in list_episodes(record):
+        ep = read_episode(path)
+        env.reset(seed=int(ep["seed"]))
+        if task_name == "carracing":
+            raw = env.unwrapped._env
+            start = time.perf_counter()
+            for action in ep["action"]:
+                raw.step(action)
+        else:
+            game = env.unwrapped._game
+            buttons = [env.buttons(float(a[0])) for a in ep["action"]]
+            start = time.perf_counter()
+            for b in buttons:
+                game.make_action(b, 1)
+                if not game.is_episode_finished():
+                    game.get_state().screen_buffer
+        elapsed += time.perf_counter() - start
+        steps += len(ep["action"])
     env.close()
     return steps / elapsed
-
-
-def _bare_worker(task_name, steps, out):
-    out.put(bare_steps_per_second(task_name, steps))
-
-
-def bare_parallel(task_name: str, steps: int, workers: int) -> float:
-    """Total bare steps/s with `workers` processes stepping their own env at once."""
-    ctx = mp.get_context("spawn")
-    out = ctx.Queue()
-    procs = [ctx.Process(target=_bare_worker, args=(task_name, steps, out)) for _ in range(workers)]
-    for p in procs:
-        p.start()
-    rates = [out.get() for _ in procs]
-    for p in procs:
-        p.join()
-    return sum(rates)
-
-
-def collection_frames_per_second(task_name: str, workers: int, episodes: int, max_steps: int) -> float:
-    with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        extract.main(["--task", task_name, "--episodes", str(episodes), "--max-steps", str(max_steps),
-                      "--workers", str(workers), "--seed", "0", "--out", tmp])
-        elapsed = time.perf_counter() - start
-        frames = sum(np.load(p)["reward"].shape[0] for p in Path(tmp, "record").glob("ep_*.npz"))
-    return frames / elapsed
 
 
 def doom_time_split(episodes: int) -> dict[str, float]:
@@ -98,10 +78,8 @@ def doom_time_split(episodes: int) -> dict[str, float]:
     frames = 0
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(episodes):
-            rng = np.random.default_rng(i)
-            policy = make_collection_policy(task, rng)
-            game.set_seed(i)
-            game.new_episode()
+            policy = make_collection_policy(task, np.random.default_rng(i))
+            env.reset(seed=i)
             obs_list, t = [], 0
             while not game.is_episode_finished() and t < task.max_steps:
                 t0 = time.perf_counter()
@@ -119,35 +97,32 @@ def doom_time_split(episodes: int) -> dict[str, float]:
                 t += 1
             frames += t
             t0 = time.perf_counter()
-            n = len(obs_list)
-            write_episode(Path(tmp, f"{i}.npz"), task, np.stack(obs_list), np.zeros((n, 1), np.float32),
-                          np.ones(n, np.float32), np.zeros(n, bool), i)
+            write_episode(Path(tmp, f"{i}.npz"), task, np.stack(obs_list), np.zeros((t, 1), np.float32),
+                          np.ones(t, np.float32), np.zeros(t, bool), i)
             parts["compress + write"] += time.perf_counter() - t0
     env.close()
     return {k: v / frames for k, v in parts.items()}
 
 
 def main() -> None:
-    print(f"# stage 1 benchmark — {platform.node()}, {os.cpu_count()} cores, {platform.processor() or platform.machine()}"
-          f"{' (quick)' if QUICK else ''}")
-    print(f"{'task':<10} {'bare 1 proc':>12} {'bare 2 procs':>13} {'collect 1 w':>12} {'ratio':>6} "
-          f"{'collect 2 w':>12} {'ratio':>6}")
-    for task_name, (max_steps, episodes) in SIZES.items():
-        bare_steps = 3000 if task_name == "carracing" else 20000
-        if QUICK:
-            bare_steps //= 4
-        bare1 = bare_steps_per_second(task_name, bare_steps)
-        bare2 = bare_parallel(task_name, bare_steps, 2)
-        c1 = collection_frames_per_second(task_name, 1, max(episodes // 2, 1), max_steps)
-        c2 = collection_frames_per_second(task_name, 2, episodes, max_steps)
-        print(f"{task_name:<10} {bare1:>10.0f}/s {bare2:>11.0f}/s {c1:>10.0f}/s {c1 / bare1:>6.2f} "
-              f"{c2:>10.0f}/s {c2 / (2 * bare1):>6.2f}", flush=True)
+    rows = []
+    for task_name in ("carracing", "doom"):
+        with tempfile.TemporaryDirectory() as one, tempfile.TemporaryDirectory() as two:
+            c1 = collect(task_name, 1, one)
+            c2 = collect(task_name, 2, two)
+            bare = bare_replay(task_name, Path(one, "record"))
+        rows.append((task_name, bare, c1, c2))
     split = doom_time_split(5 if QUICK else 20)
+    print(f"\n# stage 1 benchmark — {os.cpu_count()} cores, {platform.machine()}"
+          f"{' (quick)' if QUICK else ''}; episodes per worker: "
+          + ", ".join(f"{k} {v}" for k, v in EPISODES.items()))
+    print(f"{'task':<10} {'bare env':>10} {'collect 1 w':>12} {'ratio':>6} {'collect 2 w':>12} {'ratio':>6}")
+    for task_name, bare, c1, c2 in rows:
+        print(f"{task_name:<10} {bare:>8.0f}/s {c1:>10.0f}/s {c1 / bare:>6.2f} {c2:>10.0f}/s {c2 / (2 * bare):>6.2f}")
     total = sum(split.values())
     print("doom collection, time per frame in one process: " + ", ".join(
         f"{k} {v * 1e6:.0f} µs ({v / total:.0%})" for k, v in split.items()))
-    print("ratio = collection frames/s ÷ (workers × bare 1-process steps/s); "
-          "collection wall time includes worker start-up")
+    print("ratio = collection frames/s ÷ (workers × bare steps/s); collection wall time includes start-up")
 
 
 if __name__ == "__main__":
