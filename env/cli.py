@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import types
 import typing
 from typing import Any, Callable, Sequence, TypeVar
 
@@ -27,7 +28,7 @@ def _flag_type(tp: Any) -> Any:
         return _parse_bool
     origin = typing.get_origin(tp)
     args = [a for a in typing.get_args(tp) if a is not type(None)]
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and len(args) == 1:
+    if origin in (typing.Union, types.UnionType) and len(args) == 1:
         return _flag_type(args[0])
     raise TypeError(f"unsupported config field type {tp!r}")
 

@@ -35,9 +35,9 @@ def stage_flags(task: str, preset: str, stage: str, np_workers: int) -> list[str
     if task not in TASKS:
         raise UserError(f"unknown task {task!r}; choose one of: {', '.join(TASKS)}")
     values = dict(PRESETS[preset][task].get(stage, {}))
-    if stage == "extract":
-        values.setdefault("workers", max(np_workers, 1) if np_workers > 1 else None)
-    return [f"--{k.replace('_', '-')}={v}" for k, v in values.items() if v is not None]
+    if stage == "extract" and np_workers > 1:
+        values.setdefault("workers", np_workers)
+    return [f"--{k.replace('_', '-')}={v}" for k, v in values.items()]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

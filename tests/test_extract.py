@@ -16,7 +16,7 @@ from tests.conftest import ROOT
 
 
 def arrays(record):
-    return [{k: v for k, v in read_episode(p).items()} for p in list_episodes(record)]
+    return [read_episode(p) for p in list_episodes(record)]
 
 
 def assert_same(a, b):
