@@ -29,7 +29,8 @@ ensure_venv() {
     echo "$want" > "$stamp"
 }
 
-# Quiet TensorFlow's CUDA/oneDNN start-up noise on CPU machines; workers stay single-threaded under MPI.
+# TensorFlow on CPU: oneDNN kernels on (default only on AVX-512 CPUs), start-up noise off.
+export TF_ENABLE_ONEDNN_OPTS="${TF_ENABLE_ONEDNN_OPTS:-1}"
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 export PYTHONUNBUFFERED=1
 

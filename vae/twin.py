@@ -1,0 +1,92 @@
+"""The numpy twin of V's encoder, for rollout workers that must not import TensorFlow.
+
+Built from `vae/weights.npz` (written by stage 2); held to the Keras encoder within 1e-4 by a test.
+This module imports numpy only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from env.cli import UserError
+from env.tasks import FRAME_SIZE, Task
+
+WEIGHTS_FILE = "weights.npz"
+CONVS = ("enc_conv1", "enc_conv2", "enc_conv3", "enc_conv4")
+STRIDE = 2
+
+
+def conv2d_valid(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray, stride: int = STRIDE) -> np.ndarray:
+    """x: float32 [B, H, W, C], kernel [k, k, C, F] (Keras layout) → ReLU(conv) float32 [B, H', W', F],
+    valid padding. One matrix product over the gathered patches."""
+    k = kernel.shape[0]
+    b, h, w, c = x.shape
+    ho, wo = (h - k) // stride + 1, (w - k) // stride + 1
+    patches = np.empty((b, ho, wo, k, k, c), np.float32)
+    for i in range(k):
+        for j in range(k):
+            patches[:, :, :, i, j, :] = x[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride, :]
+    y = patches.reshape(b * ho * wo, k * k * c) @ kernel.reshape(k * k * c, -1)
+    y += bias
+    np.maximum(y, 0.0, out=y)
+    return y.reshape(b, ho, wo, -1)
+
+
+class EncoderTwin:
+    """V's encoder in numpy: obs uint8 [B, 64, 64, 3] → (mu, logvar) float32 [B, z]."""
+
+    def __init__(self, weights: Mapping[str, np.ndarray]):
+        self.convs = [(np.ascontiguousarray(weights[f"{name}.kernel"], np.float32),
+                       np.asarray(weights[f"{name}.bias"], np.float32)) for name in CONVS]
+        kernel = np.concatenate([weights["enc_fc_mu.kernel"], weights["enc_fc_log_var.kernel"]], axis=1)
+        self.head = (np.ascontiguousarray(kernel, np.float32),
+                     np.concatenate([weights["enc_fc_mu.bias"], weights["enc_fc_log_var.bias"]]).astype(np.float32))
+        self.z_size = weights["enc_fc_mu.kernel"].shape[1]
+
+    @classmethod
+    def load(cls, vae_dir: Path, task: Task) -> "EncoderTwin":
+        """Read `vae_dir/weights.npz`; a UserError if it is missing, corrupt or another task's."""
+        return cls(load_weights(vae_dir, task))
+
+    def __call__(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """obs: uint8 [B, 64, 64, 3] → (mu, logvar): float32 [B, z]."""
+        obs = np.asarray(obs)
+        if obs.dtype != np.uint8 or obs.shape[1:] != (FRAME_SIZE, FRAME_SIZE, 3):
+            raise ValueError(f"expected uint8 [B, {FRAME_SIZE}, {FRAME_SIZE}, 3] frames, got {obs.dtype} {obs.shape}")
+        x = obs.astype(np.float32) * np.float32(1.0 / 255.0)
+        for kernel, bias in self.convs:
+            x = conv2d_valid(x, kernel, bias)
+        out = x.reshape(len(x), -1) @ self.head[0] + self.head[1]
+        return out[:, :self.z_size], out[:, self.z_size:]
+
+    def sample(self, obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """obs: uint8 [B, 64, 64, 3] → z = mu + exp(logvar / 2) · ε: float32 [B, z] (the original samples z)."""
+        mu, logvar = self(obs)
+        eps = rng.standard_normal(mu.shape, dtype=np.float32)
+        return mu + np.exp(0.5 * logvar) * eps
+
+
+def load_weights(vae_dir: Path, task: Task) -> dict[str, np.ndarray]:
+    """V's named weights from `vae_dir/weights.npz`, checked to belong to `task`."""
+    path = Path(vae_dir) / WEIGHTS_FILE
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            weights = {key: npz[key] for key in npz.files}
+    except FileNotFoundError:
+        raise UserError(f"{path}: missing (run stage 2, vae.train, first)") from None
+    except Exception as err:
+        raise UserError(f"{path}: corrupt or unreadable ({type(err).__name__}: {err})") from None
+    trained_for = str(weights.get("task", ""))
+    if trained_for != task.name:
+        raise UserError(f"{path}: V was trained for {trained_for!r}, not {task.name!r}")
+    missing = [f"{name}.{part}" for name in CONVS + ("enc_fc_mu", "enc_fc_log_var") for part in ("kernel", "bias")
+               if f"{name}.{part}" not in weights]
+    if missing:
+        raise UserError(f"{path}: missing weights {', '.join(missing)}")
+    if weights["enc_fc_mu.kernel"].shape[1] != task.z_size:
+        raise UserError(f"{path}: z size {weights['enc_fc_mu.kernel'].shape[1]}, expected {task.z_size} "
+                        f"for {task.name}")
+    return weights
