@@ -152,14 +152,15 @@ def read_episode(path: Path, task: Task | None = None, fields: Sequence[str] | N
     return data
 
 
-def list_episodes(record_dir: Path) -> list[Path]:
-    """The episode files in `record_dir`, in index order; a UserError if there are none."""
+def list_episodes(record_dir: Path, made_by: str = "stage 1, env.extract") -> list[Path]:
+    """The per-episode files `ep_<index>.npz` in `record_dir`, in index order; a UserError naming the
+    stage that `made_by` them if there are none."""
     record_dir = Path(record_dir)
     if not record_dir.is_dir():
-        raise UserError(f"{record_dir}: no such directory (run stage 1, env.extract, first)")
+        raise UserError(f"{record_dir}: no such directory (run {made_by}, first)")
     paths = sorted(p for p in record_dir.iterdir() if EPISODE_PATTERN.match(p.name))
     if not paths:
-        raise UserError(f"{record_dir}: contains no episode files (run stage 1, env.extract, first)")
+        raise UserError(f"{record_dir}: contains no episode files (run {made_by}, first)")
     return paths
 
 

@@ -5,3 +5,9 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+
+def pytest_configure(config):
+    # Third-party deprecation chatter (TensorFlow's __array__, SWIG types in box2d/vizdoom) hides real warnings.
+    config.addinivalue_line("filterwarnings", "ignore:__array__ implementation doesn't accept a copy keyword")
+    config.addinivalue_line("filterwarnings", "ignore:builtin type .* has no __module__ attribute")

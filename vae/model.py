@@ -8,7 +8,6 @@ summary and the parameter count (car 4,348,547; Doom 4,446,915, as the paper's t
 from __future__ import annotations
 
 import argparse
-import hashlib
 from pathlib import Path
 from typing import Sequence
 
@@ -17,9 +16,9 @@ import numpy as np
 from keras import layers, ops
 
 from env.cli import UserError, run
-from env.files import atomic_write, read_json
+from env.files import atomic_write
 from env.tasks import FRAME_SIZE, TASKS, Task, get_task
-from vae.twin import WEIGHTS_FILE
+from vae.artifacts import MODEL_FILE, WEIGHTS_FILE, check_vae_dir
 
 KL_TOLERANCE = 0.5
 """Free bits: the per-sample KL is floored at KL_TOLERANCE · z_size (WME: vae.py `kl_tolerance`)."""
@@ -30,8 +29,6 @@ DECODER_DECONVS = ((128, 5), (64, 5), (32, 6), (3, 6))
 """(filters, kernel) of the stride-2 valid transposed convolutions dec_deconv1..4 (last one sigmoid)."""
 DECODER_DENSE = 1024
 """dec_fc width; reshaped to 1×1×1024 before the transposed convolutions."""
-
-MODEL_FILE = "vae.keras"
 
 
 def reconstruction_loss(x, y):
@@ -201,25 +198,6 @@ def save_vae(model: ConvVAE, vae_dir: Path, task: Task) -> None:
     tmp.replace(vae_dir / MODEL_FILE)
     arrays = {**export_weights(model), "task": np.str_(task.name), "z_size": np.int64(task.z_size)}
     atomic_write(vae_dir / WEIGHTS_FILE, lambda f: np.savez(f, **arrays))
-
-
-def fingerprint(vae_dir: Path) -> str:
-    """sha256 of the exported weights: identifies the V that `series/` was encoded with."""
-    path = Path(vae_dir) / WEIGHTS_FILE
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except FileNotFoundError:
-        raise UserError(f"{path}: missing (run stage 2, vae.train, first)") from None
-
-
-def check_vae_dir(vae_dir: Path, task: Task) -> None:
-    """A UserError unless `vae_dir` holds a finished V trained for `task`."""
-    vae_dir = Path(vae_dir)
-    if not (vae_dir / MODEL_FILE).exists() or not (vae_dir / "config.json").exists():
-        raise UserError(f"{vae_dir}: no trained V (run stage 2, vae.train, first)")
-    trained_for = read_json(vae_dir / "config.json").get("settings", {}).get("task")
-    if trained_for != task.name:
-        raise UserError(f"{vae_dir}: V was trained for {trained_for!r}, not {task.name!r}")
 
 
 def load_vae(vae_dir: Path, task: Task) -> ConvVAE:

@@ -21,6 +21,7 @@ from env.cli import UserError, parse_config, run
 from env.episodes import frame_dataset, list_episodes, read_episode
 from env.files import atomic_write, ensure_dir, read_json, stage_record, write_json
 from env.tasks import Task, get_task
+from vae.artifacts import MODEL_FILE
 
 PRECISIONS = ("float32", "mixed_bfloat16")
 CHECKPOINT_FILE = "checkpoint/train.weights.h5"
@@ -105,7 +106,7 @@ def check_previous(vae_dir: Path, settings: dict) -> str:
     if changed:
         what = ", ".join(f"{k}={old.get(k)!r} (now {new.get(k)!r})" for k in changed)
         raise UserError(f"{vae_dir} was trained with {what}; use another --out or delete {vae_dir}")
-    return "done" if "result" in previous and (vae_dir / "vae.keras").exists() else "resume"
+    return "done" if "result" in previous and (vae_dir / MODEL_FILE).exists() else "resume"
 
 
 def make_callbacks(model, vae_dir: Path, preview: np.ndarray, config: VaeTrainConfig, steps_per_epoch: int):

@@ -11,10 +11,9 @@ from typing import Mapping
 
 import numpy as np
 
-from env.cli import UserError
 from env.tasks import FRAME_SIZE, Task
+from vae.artifacts import load_weights
 
-WEIGHTS_FILE = "weights.npz"
 CONVS = ("enc_conv1", "enc_conv2", "enc_conv3", "enc_conv4")
 STRIDE = 2
 
@@ -67,26 +66,3 @@ class EncoderTwin:
         mu, logvar = self(obs)
         eps = rng.standard_normal(mu.shape, dtype=np.float32)
         return mu + np.exp(0.5 * logvar) * eps
-
-
-def load_weights(vae_dir: Path, task: Task) -> dict[str, np.ndarray]:
-    """V's named weights from `vae_dir/weights.npz`, checked to belong to `task`."""
-    path = Path(vae_dir) / WEIGHTS_FILE
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            weights = {key: npz[key] for key in npz.files}
-    except FileNotFoundError:
-        raise UserError(f"{path}: missing (run stage 2, vae.train, first)") from None
-    except Exception as err:
-        raise UserError(f"{path}: corrupt or unreadable ({type(err).__name__}: {err})") from None
-    trained_for = str(weights.get("task", ""))
-    if trained_for != task.name:
-        raise UserError(f"{path}: V was trained for {trained_for!r}, not {task.name!r}")
-    missing = [f"{name}.{part}" for name in CONVS + ("enc_fc_mu", "enc_fc_log_var") for part in ("kernel", "bias")
-               if f"{name}.{part}" not in weights]
-    if missing:
-        raise UserError(f"{path}: missing weights {', '.join(missing)}")
-    if weights["enc_fc_mu.kernel"].shape[1] != task.z_size:
-        raise UserError(f"{path}: z size {weights['enc_fc_mu.kernel'].shape[1]}, expected {task.z_size} "
-                        f"for {task.name}")
-    return weights

@@ -1,0 +1,62 @@
+"""The files of a trained V in `OUT/vae/`, read without TensorFlow.
+
+`vae.keras` is the Keras model; `weights.npz` holds its named float32 weights ('<layer>.kernel',
+'<layer>.bias') plus `task` and `z_size`, for the numpy twin; `config.json` is stage 2's record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from env.cli import UserError
+from env.files import read_json
+from env.tasks import Task
+
+MODEL_FILE = "vae.keras"
+WEIGHTS_FILE = "weights.npz"
+ENCODER_LAYERS = ("enc_conv1", "enc_conv2", "enc_conv3", "enc_conv4", "enc_fc_mu", "enc_fc_log_var")
+
+
+def check_vae_dir(vae_dir: Path, task: Task) -> None:
+    """A UserError unless `vae_dir` holds a finished V trained for `task`."""
+    vae_dir = Path(vae_dir)
+    if not (vae_dir / MODEL_FILE).exists() or not (vae_dir / "config.json").exists():
+        raise UserError(f"{vae_dir}: no trained V (run stage 2, vae.train, first)")
+    trained_for = read_json(vae_dir / "config.json").get("settings", {}).get("task")
+    if trained_for != task.name:
+        raise UserError(f"{vae_dir}: V was trained for {trained_for!r}, not {task.name!r}")
+
+
+def fingerprint(vae_dir: Path) -> str:
+    """sha256 of the exported weights: identifies the V that later stages were built on."""
+    path = Path(vae_dir) / WEIGHTS_FILE
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except FileNotFoundError:
+        raise UserError(f"{path}: missing (run stage 2, vae.train, first)") from None
+
+
+def load_weights(vae_dir: Path, task: Task) -> dict[str, np.ndarray]:
+    """V's named weights from `vae_dir/weights.npz`, checked to be complete and to belong to `task`."""
+    path = Path(vae_dir) / WEIGHTS_FILE
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            weights = {key: npz[key] for key in npz.files}
+    except FileNotFoundError:
+        raise UserError(f"{path}: missing (run stage 2, vae.train, first)") from None
+    except Exception as err:
+        raise UserError(f"{path}: corrupt or unreadable ({type(err).__name__}: {err})") from None
+    trained_for = str(weights.get("task", ""))
+    if trained_for != task.name:
+        raise UserError(f"{path}: V was trained for {trained_for!r}, not {task.name!r}")
+    missing = [f"{name}.{part}" for name in ENCODER_LAYERS for part in ("kernel", "bias")
+               if f"{name}.{part}" not in weights]
+    if missing:
+        raise UserError(f"{path}: missing weights {', '.join(missing)}")
+    if weights["enc_fc_mu.kernel"].shape[1] != task.z_size:
+        raise UserError(f"{path}: z size {weights['enc_fc_mu.kernel'].shape[1]}, expected {task.z_size} "
+                        f"for {task.name}")
+    return weights
