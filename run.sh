@@ -69,9 +69,18 @@ OUT="${OUT:-runs/$TASK-$PRESET}"
 
 ensure_venv
 stage_flags() { "$PY" -m env.presets --task "$TASK" --preset "$PRESET" --stage "$1" --np "$NP"; }
-FLAGS="$(stage_flags extract)" || exit 2
 
-SECONDS=0
-# shellcheck disable=SC2086
-"$PY" -m env.extract --task "$TASK" --out "$OUT" $FLAGS
-echo "[stage 1] wall time ${SECONDS}s"
+# run_stage NUMBER NAME MODULE: one header line, the stage with its preset flags, its wall time.
+run_stage() {
+    local number="$1" name="$2" module="$3" flags start
+    flags="$(stage_flags "$name")" || exit 2
+    echo "=== stage $number: $name ($module) ==="
+    start=$SECONDS
+    # shellcheck disable=SC2086
+    "$PY" -m "$module" --task "$TASK" --out "$OUT" $flags
+    echo "[stage $number] wall time $((SECONDS - start)) s"
+}
+
+run_stage 1 extract env.extract
+run_stage 2 vae vae.train
+run_stage 3 series vae.series

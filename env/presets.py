@@ -14,12 +14,12 @@ from env.tasks import TASKS
 
 PRESETS: dict[str, dict[str, dict[str, dict[str, object]]]] = {
     "smoke": {
-        "carracing": {"extract": {"episodes": 4, "max_steps": 150}},
-        "doom": {"extract": {"episodes": 4, "max_steps": 300}},
+        "carracing": {"extract": {"episodes": 4, "max_steps": 150}, "vae": {"epochs": 1, "batch_size": 20}},
+        "doom": {"extract": {"episodes": 4, "max_steps": 300}, "vae": {"epochs": 1, "batch_size": 20}},
     },
     "small": {
-        "carracing": {"extract": {"episodes": 200}},
-        "doom": {"extract": {"episodes": 600}},
+        "carracing": {"extract": {"episodes": 200}, "vae": {"epochs": 1}},
+        "doom": {"extract": {"episodes": 600}, "vae": {"epochs": 1}},
     },
     "paper": {
         "carracing": {"extract": {"episodes": 10_000}},

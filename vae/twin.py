@@ -20,14 +20,13 @@ STRIDE = 2
 
 def conv2d_valid(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray, stride: int = STRIDE) -> np.ndarray:
     """x: float32 [B, H, W, C], kernel [k, k, C, F] (Keras layout) → ReLU(conv) float32 [B, H', W', F],
-    valid padding. One matrix product over the gathered patches."""
+    valid padding: one matrix product over the patches, gathered through a strided view."""
     k = kernel.shape[0]
     b, h, w, c = x.shape
     ho, wo = (h - k) // stride + 1, (w - k) // stride + 1
-    patches = np.empty((b, ho, wo, k, k, c), np.float32)
-    for i in range(k):
-        for j in range(k):
-            patches[:, :, :, i, j, :] = x[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride, :]
+    sb, sh, sw, sc = x.strides
+    patches = np.lib.stride_tricks.as_strided(x, (b, ho, wo, k, k, c), (sb, stride * sh, stride * sw, sh, sw, sc),
+                                              writeable=False)
     y = patches.reshape(b * ho * wo, k * k * c) @ kernel.reshape(k * k * c, -1)
     y += bias
     np.maximum(y, 0.0, out=y)

@@ -1,0 +1,39 @@
+"""Presets only name real flags of real stages, and `paper` passes the original's defaults through."""
+
+import dataclasses
+
+import pytest
+
+from env.cli import UserError
+from env.extract import ExtractConfig
+from env.presets import PRESETS, stage_flags
+from env.tasks import TASKS
+from vae.series import SeriesConfig
+from vae.train import VaeTrainConfig
+
+STAGE_CONFIGS = {"extract": ExtractConfig, "vae": VaeTrainConfig, "series": SeriesConfig}
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_preset_keys_are_flags_of_their_stage(preset):
+    assert set(PRESETS[preset]) == set(TASKS)
+    for task, stages in PRESETS[preset].items():
+        for stage, values in stages.items():
+            fields = {f.name for f in dataclasses.fields(STAGE_CONFIGS[stage])}
+            assert set(values) <= fields - {"out", "task"}, (preset, task, stage)
+
+
+def test_paper_preset_keeps_the_original_counts():
+    for task in TASKS:
+        assert stage_flags(task, "paper", "extract", 1) == ["--episodes=10000"]
+        assert stage_flags(task, "paper", "vae", 1) == []
+    assert VaeTrainConfig().epochs == 10 and VaeTrainConfig().batch_size == 100
+    assert VaeTrainConfig().learning_rate == 1e-4 and VaeTrainConfig().kl_tolerance == 0.5
+
+
+def test_workers_follow_np_and_bad_names_are_refused():
+    assert "--workers=4" in stage_flags("doom", "small", "extract", 4)
+    with pytest.raises(UserError, match="unknown preset"):
+        stage_flags("doom", "huge", "extract", 1)
+    with pytest.raises(UserError, match="unknown task"):
+        stage_flags("pong", "small", "extract", 1)
