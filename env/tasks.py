@@ -51,6 +51,19 @@ class Task:
     """Inputs M takes besides [z, a]: Doom adds the restart flag."""
     rnn_predicts_done: bool
     """M's head has an extra done/death logit (Doom)."""
+    rnn_batching: str
+    """How stage 4 cuts `series/` into sequences: 'episodes' (car: a batch of whole episodes, zero
+    initial state) or 'streams' (Doom: all episodes chained into parallel streams with restart flags,
+    cut into chunks, the LSTM state carried from chunk to chunk)."""
+    rnn_seq_len: int
+    """Frames per training sequence: car 1000 (a whole episode: 999 inputs, 999 targets); Doom 500
+    (a chunk: 499 inputs, 499 targets)."""
+    rnn_updates: int
+    """Stage 4's length in updates when batching 'episodes' (car: 4,000); 0 when counted in epochs."""
+    rnn_epochs: int
+    """Stage 4's length in passes over the streams when batching 'streams' (Doom: 400); 0 otherwise."""
+    rnn_lr_decay: float
+    """Per-step decay of M's learning rate towards 1e-5 (car 1.0 = constant; Doom 0.99999)."""
     controller_features: tuple[str, ...]
     """What C sees: car [z, h], Doom [z, c, h]."""
     controller_bias: bool
@@ -78,6 +91,11 @@ TASKS: dict[str, Task] = {
         rnn_units=256,
         rnn_extra_inputs=(),
         rnn_predicts_done=False,
+        rnn_batching="episodes",
+        rnn_seq_len=1000,
+        rnn_updates=4000,
+        rnn_epochs=0,
+        rnn_lr_decay=1.0,
         controller_features=("z", "h"),
         controller_bias=True,
         controller_trained_in="real",
@@ -100,6 +118,11 @@ TASKS: dict[str, Task] = {
         rnn_units=512,
         rnn_extra_inputs=("restart",),
         rnn_predicts_done=True,
+        rnn_batching="streams",
+        rnn_seq_len=500,
+        rnn_updates=0,
+        rnn_epochs=400,
+        rnn_lr_decay=0.99999,
         controller_features=("z", "c", "h"),
         controller_bias=False,
         controller_trained_in="dream",

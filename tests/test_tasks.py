@@ -25,6 +25,8 @@ def test_carracing_row_matches_original():
     assert car.rnn_extra_inputs == () and not car.rnn_predicts_done
     assert car.collect_full_episode and car.collect_policy == "cauchy_controller"
     assert car.controller_trained_in == "real"
+    # ORIGINAL.md §3.2: whole 1000-frame episodes, 4,000 updates, constant learning rate
+    assert (car.rnn_batching, car.rnn_seq_len, car.rnn_updates, car.rnn_lr_decay) == ("episodes", 1000, 4000, 1.0)
 
 
 def test_doom_row_matches_original():
@@ -36,6 +38,8 @@ def test_doom_row_matches_original():
     assert doom.rnn_extra_inputs == ("restart",) and doom.rnn_predicts_done
     assert doom.collect_policy == "repeat_uniform" and not doom.collect_full_episode
     assert doom.controller_trained_in == "dream"
+    # ORIGINAL.md §3.3: 500-frame chunks of chained streams, 400 epochs, lr decay 0.99999 per step
+    assert (doom.rnn_batching, doom.rnn_seq_len, doom.rnn_epochs, doom.rnn_lr_decay) == ("streams", 500, 400, 0.99999)
     # the original kept the top 5/6 of the frame (rows 0–399 of 480), dropping the status bar
     height = int(doom.screen_resolution.split("X")[1])
     assert doom.crop_rows == (0, height * 5 // 6)

@@ -12,6 +12,7 @@ import pytest
 from env.cli import UserError
 from env.episodes import episode_path, list_episodes, read_episode, write_episode
 from env.tasks import get_task
+from env.training import standard_callbacks
 from tests.conftest import ROOT
 from vae import series, train
 from vae.model import load_vae
@@ -126,12 +127,11 @@ def test_stage_2_resumes_mid_epoch_from_the_last_checkpoint(tmp_path, capsys):
 def test_nan_loss_stops_with_a_clear_error(tmp_path):
     model = keras.Sequential([keras.layers.Dense(1)])
     model.compile(optimizer="adam", loss="mse")
-    config = train.VaeTrainConfig(out=str(tmp_path))
-    callbacks = train.make_callbacks(model, tmp_path, np.zeros((1, 64, 64, 3), np.uint8), config, 10)
+    callbacks = standard_callbacks(model, tmp_path, checkpoint_every=1, steps_per_epoch=10, total_steps=10,
+                                   unit="img", per_step=1, stage="stage 2")
     nan_stop = callbacks[0]
-    nan_stop.set_model(model)
     nan_stop.on_train_batch_end(0, {"loss": 3.0})
-    with pytest.raises(UserError, match="loss became nan at step 0"):
+    with pytest.raises(UserError, match="stage 2: the loss became nan at step 0"):
         nan_stop.on_train_batch_end(0, {"loss": float("nan")})
 
 

@@ -8,7 +8,6 @@ each epoch end; rerunning the same command after a kill continues from it.
 
 from __future__ import annotations
 
-import math
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -19,12 +18,13 @@ import numpy as np
 
 from env.cli import UserError, parse_config, run
 from env.episodes import frame_dataset, list_episodes, read_episode
-from env.files import atomic_write, ensure_dir, read_json, stage_record, write_json
+from env.files import atomic_write, ensure_dir, stage_record, write_json
+from env.training import (check_previous, clear_previous, fit_from, last_logged, restore,
+                          standard_callbacks)
 from env.tasks import Task, get_task
 from vae.artifacts import MODEL_FILE
 
 PRECISIONS = ("float32", "mixed_bfloat16")
-CHECKPOINT_FILE = "checkpoint/train.weights.h5"
 PREVIEW_FRAMES = 8
 """Frames shown (with their reconstructions) in each epoch's PNG grid."""
 RESUMABLE_SETTINGS = ("checkpoint_every", "out")
@@ -56,12 +56,13 @@ def count_frames(paths: Sequence[Path], task: Task) -> int:
 
 
 def preview_frames(paths: Sequence[Path], task: Task) -> np.ndarray:
-    """uint8 [≤8, 64, 64, 3]: the middle frame of up to 8 episodes spread over the record."""
-    picks = np.unique(np.linspace(0, len(paths) - 1, min(PREVIEW_FRAMES, len(paths))).astype(int))
+    """uint8 [8, 64, 64, 3]: frames of up to 8 episodes spread over the record, the k-th taken at
+    (k + 1)/16 of its episode, so the grid spans early (car: on the road) to mid-episode frames."""
+    picks = np.linspace(0, len(paths) - 1, PREVIEW_FRAMES).astype(int)
     frames = []
-    for i in picks:
+    for k, i in enumerate(picks):
         obs = read_episode(paths[i], task, fields=("obs",))["obs"]
-        frames.append(obs[len(obs) // 2])
+        frames.append(obs[len(obs) * (k + 1) // (2 * PREVIEW_FRAMES)])
     return np.stack(frames)
 
 
@@ -81,101 +82,21 @@ def reconstruct(model, frames: np.ndarray) -> np.ndarray:
     return np.clip(np.round(y * 255.0), 0, 255).astype(np.uint8)
 
 
-def last_logged(csv_path: Path) -> dict[str, float]:
-    """The last epoch's row of the CSV log (loss, recon, kl), or {} if there is none."""
-    import csv
-
-    try:
-        with open(csv_path, newline="") as f:
-            rows = list(csv.DictReader(f))
-    except FileNotFoundError:
-        return {}
-    return {k: round(float(rows[-1][k]), 4) for k in ("loss", "recon", "kl")} if rows else {}
-
-
-def check_previous(vae_dir: Path, settings: dict) -> str:
-    """'new', 'resume' or 'done' for a `vae/` dir; a UserError if it was trained with other settings."""
-    config_path = vae_dir / "config.json"
-    if not config_path.exists():
-        return "new"
-    previous = read_json(config_path)
-    old = {k: v for k, v in previous.get("settings", {}).items() if k not in RESUMABLE_SETTINGS}
-    new = {k: v for k, v in settings.items() if k not in RESUMABLE_SETTINGS}
-    old["data"], new["data"] = previous.get("data"), settings.get("data")
-    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    if changed:
-        what = ", ".join(f"{k}={old.get(k)!r} (now {new.get(k)!r})" for k in changed)
-        raise UserError(f"{vae_dir} was trained with {what}; use another --out or delete {vae_dir}")
-    return "done" if "result" in previous and (vae_dir / MODEL_FILE).exists() else "resume"
-
-
-def make_callbacks(model, vae_dir: Path, preview: np.ndarray, config: VaeTrainConfig, steps_per_epoch: int):
-    """NaN stop, atomic checkpoint, CSV and TensorBoard logs, reconstruction grid, progress bar."""
+def recon_grid_callback(model, vae_dir: Path, preview: np.ndarray):
+    """Writes `vae/recon/epoch_NNN.png` (frames above the decoding of their mean z) after every epoch."""
     import keras
-    from tqdm import tqdm
-
-    class StopOnNaN(keras.callbacks.Callback):
-        """Abort (before any checkpoint of the bad step) when the loss is not finite."""
-
-        def on_train_batch_end(self, batch, logs=None):
-            loss = float((logs or {}).get("loss", 0.0))
-            if not math.isfinite(loss):
-                step = int(model.optimizer.iterations)
-                raise UserError(f"V's loss became {loss} at step {step}; the last checkpoint is kept in "
-                                f"{vae_dir / 'checkpoint'} (try a lower --learning-rate)")
-
-    class Checkpoint(keras.callbacks.Callback):
-        """Model and optimizer state, every `checkpoint_every` steps and at each epoch end, written atomically."""
-
-        def save(self):
-            path = vae_dir / CHECKPOINT_FILE
-            tmp = path.with_name(".tmp." + path.name)
-            model.save_weights(tmp)
-            tmp.replace(path)
-
-        def on_train_batch_end(self, batch, logs=None):
-            if int(model.optimizer.iterations) % config.checkpoint_every == 0:
-                self.save()
-
-        def on_epoch_end(self, epoch, logs=None):
-            self.save()
 
     class ReconGrid(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             ensure_dir(vae_dir / "recon")
             write_grid(vae_dir / "recon" / f"epoch_{epoch + 1:03d}.png", preview, reconstruct(model, preview))
 
-    class Progress(keras.callbacks.Callback):
-        """One bar per epoch: loss, recon, KL and training images/s."""
-
-        def on_epoch_begin(self, epoch, logs=None):
-            done = int(model.optimizer.iterations) - epoch * steps_per_epoch
-            self.bar = tqdm(total=steps_per_epoch, initial=done, desc=f"epoch {epoch + 1}/{config.epochs}",
-                            unit="step", dynamic_ncols=True, mininterval=2.0)
-            self.start, self.steps = None, 0
-
-        def on_train_batch_end(self, batch, logs=None):
-            self.bar.update(1)
-            if self.start is None:
-                self.start = time.perf_counter()
-                return
-            self.steps += 1
-            rate = self.steps * config.batch_size / (time.perf_counter() - self.start)
-            self.bar.set_postfix(loss=f"{logs['loss']:.2f}", recon=f"{logs['recon']:.2f}",
-                                 kl=f"{logs['kl']:.2f}", img_s=f"{rate:.0f}", refresh=False)
-
-        def on_epoch_end(self, epoch, logs=None):
-            self.bar.close()
-
-    return [StopOnNaN(), Checkpoint(),
-            keras.callbacks.CSVLogger(str(vae_dir / "log.csv"), append=True),
-            keras.callbacks.TensorBoard(str(vae_dir / "tensorboard"), write_graph=False, update_freq=100),
-            ReconGrid(), Progress()]
+    return ReconGrid()
 
 
 def train(config: VaeTrainConfig, task: Task, paths: Sequence[Path], vae_dir: Path, steps_per_epoch: int,
           extra_callbacks: Sequence = ()) -> dict:
-    """Build or restore V and fit it on the frame stream; returns the final metrics and throughput."""
+    """Build or restore V and fit it on the frame stream; returns the final model, metrics and throughput."""
     import keras
 
     from vae.model import build_vae
@@ -185,36 +106,21 @@ def train(config: VaeTrainConfig, task: Task, paths: Sequence[Path], vae_dir: Pa
     model = build_vae(task, seed=config.seed, kl_tolerance=config.kl_tolerance)
     # Adam with TF1's defaults (β1 0.9, β2 0.999, ε 1e-8); Keras's default ε is 1e-7.
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate, epsilon=1e-8))
-    model.optimizer.build(model.trainable_variables)
-    checkpoint = vae_dir / CHECKPOINT_FILE
-    ensure_dir(checkpoint.parent)
-    if checkpoint.exists():
-        try:
-            model.load_weights(checkpoint)
-        except Exception as err:
-            raise UserError(f"{checkpoint}: cannot be restored ({type(err).__name__}); delete it to restart "
-                            "stage 2 from scratch") from None
-    start_step = int(model.optimizer.iterations)
+    start_step = restore(model, vae_dir, "stage 2")
     total_steps = config.epochs * steps_per_epoch
     if start_step:
         print(f"[stage 2] resuming from the checkpoint at step {start_step} of {total_steps}", flush=True)
 
-    stream_seed = int(np.random.SeedSequence([config.seed, start_step]).generate_state(1)[0] & 0x7FFFFFFF)
-    frames = frame_dataset(paths, task, config.batch_size, seed=stream_seed,
-                           shuffle_buffer=config.shuffle_buffer).repeat()
-    preview = preview_frames(paths, task)
-    callbacks = [*make_callbacks(model, vae_dir, preview, config, steps_per_epoch), *extra_callbacks]
+    def frames_from(step: int):
+        seed = int(np.random.SeedSequence([config.seed, step]).generate_state(1)[0] & 0x7FFFFFFF)
+        return frame_dataset(paths, task, config.batch_size, seed=seed, shuffle_buffer=config.shuffle_buffer).repeat()
 
+    preview = preview_frames(paths, task)
+    callbacks = [*standard_callbacks(model, vae_dir, config.checkpoint_every, steps_per_epoch, total_steps,
+                                     unit="img", per_step=config.batch_size, stage="stage 2"),
+                 recon_grid_callback(model, vae_dir, preview), *extra_callbacks]
     start = time.perf_counter()
-    epoch, done_in_epoch = divmod(start_step, steps_per_epoch)
-    if epoch < config.epochs and done_in_epoch:
-        # Finish the interrupted epoch with its remaining steps, then run the rest as usual.
-        model.fit(frames, epochs=epoch + 1, initial_epoch=epoch,
-                  steps_per_epoch=steps_per_epoch - done_in_epoch, callbacks=callbacks, shuffle=False, verbose=0)
-        epoch += 1
-    if epoch < config.epochs:
-        model.fit(frames, epochs=config.epochs, initial_epoch=epoch, steps_per_epoch=steps_per_epoch,
-                  callbacks=callbacks, shuffle=False, verbose=0)
+    fit_from(model, frames_from, start_step, total_steps, steps_per_epoch, callbacks)
     seconds = time.perf_counter() - start
     trained = int(model.optimizer.iterations) - start_step
 
@@ -224,7 +130,8 @@ def train(config: VaeTrainConfig, task: Task, paths: Sequence[Path], vae_dir: Pa
         float_model.set_weights(model.get_weights())
         model = float_model
     write_grid(vae_dir / "recon.png", preview, reconstruct(model, preview))
-    return {"model": model, "metrics": last_logged(vae_dir / "log.csv"), "steps": int(total_steps), "seconds_this_run": round(seconds, 1),
+    return {"model": model, "metrics": last_logged(vae_dir / "log.csv", ("loss", "recon", "kl")),
+            "steps": int(total_steps), "seconds_this_run": round(seconds, 1),
             "images_per_second": round(trained * config.batch_size / seconds, 1) if seconds > 0 else 0.0}
 
 
@@ -251,14 +158,12 @@ def main(argv: Sequence[str] | None = None, extra_callbacks: Sequence = ()) -> i
                         f"{config.batch_size}")
     vae_dir = ensure_dir(out / "vae")
     record = stage_record(config, data={"episodes": len(paths), "frames": frames_recorded})
-    state = check_previous(vae_dir, {**record["settings"], "data": record["data"]})
+    state = check_previous(vae_dir, record, RESUMABLE_SETTINGS, MODEL_FILE)
     if state == "done":
         print(f"[stage 2] {vae_dir} is already trained with these settings; nothing to do", flush=True)
         return 0
     if state == "new":
-        for stale in ("checkpoint", "recon", "tensorboard", "log.csv"):
-            target = vae_dir / stale
-            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+        clear_previous(vae_dir, extra=("recon",))
     write_json(vae_dir / "config.json", record)
     print(f"[stage 2] {task.name}: V (z = {task.z_size}) on {frames_recorded} frames of {len(paths)} episodes; "
           f"{config.epochs} epochs × {steps_per_epoch} steps of {config.batch_size} ({config.precision}) → "

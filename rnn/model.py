@@ -1,0 +1,245 @@
+"""M: the MDN-RNN of the original code (ORIGINAL.md §3), its losses, and its files.
+
+One code path for both tasks, shaped by the task table: an LSTM on [z, a] (car, 256 units) or on
+[z, a, restart] (Doom, 512 units, state zeroed before every step whose restart flag is set), and a
+dense head read per latent dimension as 5 mixture logits, 5 means, 5 log-stds — with Doom's
+done/death logit in front. `python -m rnn.model --task T` prints the summary and count (car
+422,368; Doom 1,678,785, as the paper).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Sequence
+
+import keras
+import numpy as np
+from keras import layers, ops
+
+from env.cli import UserError, run
+from env.files import atomic_write
+from env.tasks import TASKS, Task, get_task
+from rnn.artifacts import MODEL_FILE, WEIGHTS_FILE, check_rnn_dir
+
+MIXTURES = 5
+"""Gaussian components per latent dimension (WME: num_mixture)."""
+DONE_WEIGHT = 10.0
+"""Weight of the done BCE on positive targets (WME doomrnn: restart_factor)."""
+LR_FLOOR = 1e-5
+"""M's learning rate decays towards this (WME: min_learning_rate)."""
+
+
+def input_size(task: Task) -> int:
+    """Width of M's input: z, the action, and the task's extra inputs (Doom: restart)."""
+    return task.z_size + task.action_dim + len(task.rnn_extra_inputs)
+
+
+def output_size(task: Task) -> int:
+    """Width of M's head: z · 5 · 3 mixture parameters, plus one done logit for Doom."""
+    return task.z_size * MIXTURES * 3 + int(task.rnn_predicts_done)
+
+
+def split_params(params, z_size: int, predicts_done: bool):
+    """Head output [..., NOUT] → (logits, mu, logstd) each [..., z, 5], and the done logit [...] or None.
+
+    Layout as the original: [done logit,] then z groups of 15 = 5 logits | 5 means | 5 log-stds."""
+    done = params[..., 0] if predicts_done else None
+    mdn = params[..., 1:] if predicts_done else params
+    groups = ops.reshape(mdn, (*ops.shape(mdn)[:-1], z_size, 3 * MIXTURES))
+    logits, mu, logstd = ops.split(groups, 3, axis=-1)
+    return logits, mu, logstd, done
+
+
+def mixture_nll(z_next, logits, mu, logstd):
+    """z_next [..., z]; logits, mu, logstd [..., z, 5] → scalar: −log p(z_next) per latent dimension under
+    its own 5-component Gaussian mixture, averaged over every element (batch × time × z)."""
+    import tensorflow_probability as tfp
+
+    tfd = tfp.distributions
+    mixture = tfd.MixtureSameFamily(mixture_distribution=tfd.Categorical(logits=ops.cast(logits, "float32")),
+                                    components_distribution=tfd.Normal(ops.cast(mu, "float32"),
+                                                                       ops.exp(ops.cast(logstd, "float32"))))
+    return -ops.mean(mixture.log_prob(ops.cast(z_next, "float32")))
+
+
+def done_loss(done_logit, done_next, weight: float = DONE_WEIGHT):
+    """done_logit, done_next [...] → scalar: BCE with logits, positives weighted × `weight`, mean over all steps."""
+    target = ops.cast(done_next, "float32")
+    logit = ops.cast(done_logit, "float32")
+    bce = ops.maximum(logit, 0.0) - logit * target + ops.log1p(ops.exp(-ops.abs(logit)))
+    return ops.mean((1.0 + (weight - 1.0) * target) * bce)
+
+
+@keras.saving.register_keras_serializable(package="worldmodels")
+class RestartLSTMCell(layers.LSTMCell):
+    """A Keras LSTMCell that, when `reset_on_restart`, zeroes (h, c) before any step whose last input
+    column (the restart flag) is > 0.5 — the original Doom M's custom unrolled RNN."""
+
+    def __init__(self, units: int, reset_on_restart: bool = False, **kwargs):
+        kwargs.setdefault("unit_forget_bias", True)
+        super().__init__(units, **kwargs)
+        self.reset_on_restart = reset_on_restart
+
+    def call(self, inputs, states, training=False):
+        if self.reset_on_restart:
+            keep = ops.cast(inputs[:, -1:] <= 0.5, inputs.dtype)
+            states = [state * keep for state in states]
+        return super().call(inputs, states, training=training)
+
+    def get_config(self):
+        return {**super().get_config(), "reset_on_restart": self.reset_on_restart}
+
+
+@keras.saving.register_keras_serializable(package="worldmodels")
+class DecayToFloor(keras.optimizers.schedules.LearningRateSchedule):
+    """lr(step) = (initial − floor) · decay^step + floor (WME rnn_train.py)."""
+
+    def __init__(self, initial: float, decay: float, floor: float = LR_FLOOR):
+        self.initial, self.decay, self.floor = initial, decay, floor
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32")
+        return (self.initial - self.floor) * ops.power(self.decay, step) + self.floor
+
+    def get_config(self):
+        return {"initial": self.initial, "decay": self.decay, "floor": self.floor}
+
+
+@keras.saving.register_keras_serializable(package="worldmodels")
+class MDNRNN(keras.Model):
+    """M. Called on inputs [B, T, in] (and an optional [h, c] initial state), returns the head's output
+    [B, T, NOUT] and the final [h, c]. Trained on dicts of series arrays (see `train_step`)."""
+
+    def __init__(self, z_size: int, action_dim: int, units: int, extra_inputs: Sequence[str] = (),
+                 predicts_done: bool = False, stateful: bool = False, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.z_size, self.action_dim, self.units = z_size, action_dim, units
+        self.extra_inputs, self.predicts_done = tuple(extra_inputs), predicts_done
+        self.stateful, self.seed = stateful, seed
+        cell = RestartLSTMCell(units, reset_on_restart="restart" in self.extra_inputs, name="lstm_cell")
+        self.lstm = layers.RNN(cell, return_sequences=True, return_state=True, stateful=stateful, name="lstm")
+        self.head = layers.Dense(z_size * MIXTURES * 3 + int(predicts_done), name="mdn")
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in
+                         (("loss", "z_loss", "done_loss") if predicts_done else ("loss",))}
+
+    def call(self, inputs, initial_state=None, training=False):
+        sequence, h, c = self.lstm(inputs, initial_state=initial_state, training=training)
+        return self.head(sequence), [h, c]
+
+    def sequences(self, batch):
+        """A batch of series {mu, logvar [B, T, z], action [B, T, A], restart [B, T]} → (inputs [B, T−1, in],
+        z targets [B, T−1, z], done targets [B, T−1] or None). z is re-sampled from (mu, logvar) on every call."""
+        mu = ops.cast(batch["mu"], "float32")
+        eps = keras.random.normal(ops.shape(mu), seed=self.seed_generator)
+        z = mu + ops.exp(0.5 * ops.cast(batch["logvar"], "float32")) * eps
+        parts = [z[:, :-1], ops.cast(batch["action"], "float32")[:, :-1]]
+        done_next = None
+        if "restart" in self.extra_inputs:
+            restart = ops.cast(batch["restart"], "float32")
+            parts.append(restart[:, :-1, None])
+            done_next = restart[:, 1:]
+        return ops.concatenate(parts, axis=-1), z[:, 1:], done_next
+
+    def losses_of(self, batch, training: bool):
+        """Series batch → dict of scalar losses: loss (and z_loss, done_loss for Doom)."""
+        inputs, z_next, done_next = self.sequences(batch)
+        params, _ = self(inputs, training=training)
+        logits, mu, logstd, done_logit = split_params(params, self.z_size, self.predicts_done)
+        z_loss = mixture_nll(z_next, logits, mu, logstd)
+        if not self.predicts_done:
+            return {"loss": z_loss}
+        d_loss = done_loss(done_logit, done_next)
+        return {"loss": z_loss + d_loss, "z_loss": z_loss, "done_loss": d_loss}
+
+    def train_step(self, data):
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            losses = self.losses_of(data, training=True)
+        grads = tape.gradient(losses["loss"], self.trainable_weights)
+        self.optimizer.apply(grads, self.trainable_weights)
+        return self._track(losses)
+
+    def test_step(self, data):
+        return self._track(self.losses_of(data, training=False))
+
+    def _track(self, losses):
+        for name, value in losses.items():
+            self.trackers[name].update_state(value)
+        return {name: tracker.result() for name, tracker in self.trackers.items()}
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
+
+    def get_config(self):
+        return {**super().get_config(), "z_size": self.z_size, "action_dim": self.action_dim, "units": self.units,
+                "extra_inputs": list(self.extra_inputs), "predicts_done": self.predicts_done,
+                "stateful": self.stateful, "seed": self.seed}
+
+
+def build_rnn(task: Task, batch_size: int | None = None, stateful: bool = False, seed: int | None = None) -> MDNRNN:
+    """A built M for `task`; `stateful` carries the LSTM state across calls (needs a fixed `batch_size`)."""
+    model = MDNRNN(task.z_size, task.action_dim, task.rnn_units, task.rnn_extra_inputs, task.rnn_predicts_done,
+                   stateful=stateful, seed=seed, name=f"mdnrnn_{task.name}")
+    model(np.zeros((batch_size or 1, 2, input_size(task)), np.float32))
+    return model
+
+
+def export_weights(model: MDNRNN) -> dict[str, np.ndarray]:
+    """Named float32 weights: lstm.kernel [in, 4u], lstm.recurrent_kernel [u, 4u], lstm.bias [4u] (Keras gate
+    order i, f, c, o), mdn.kernel [u, NOUT], mdn.bias [NOUT]."""
+    cell = model.lstm.cell
+    named = {"lstm.kernel": cell.kernel, "lstm.recurrent_kernel": cell.recurrent_kernel, "lstm.bias": cell.bias,
+             "mdn.kernel": model.head.kernel, "mdn.bias": model.head.bias}
+    return {key: np.asarray(ops.convert_to_numpy(value), np.float32) for key, value in named.items()}
+
+
+def save_rnn(model: MDNRNN, rnn_dir: Path, task: Task, extra: dict[str, np.ndarray] | None = None) -> None:
+    """Write `rnn_dir/rnn.keras` (a non-stateful copy) and `rnn_dir/weights.npz` (named weights, task,
+    and `extra` arrays such as initial_z), atomically."""
+    rnn_dir = Path(rnn_dir)
+    plain = model
+    if model.stateful:
+        plain = build_rnn(task, seed=model.seed)
+        plain.set_weights(model.get_weights())
+    tmp = rnn_dir / f".{MODEL_FILE}.tmp.keras"
+    plain.save(tmp)
+    tmp.replace(rnn_dir / MODEL_FILE)
+    arrays = {**export_weights(plain), **(extra or {}), "task": np.str_(task.name)}
+    atomic_write(rnn_dir / WEIGHTS_FILE, lambda f: np.savez(f, **arrays))
+
+
+def load_rnn(rnn_dir: Path, task: Task) -> MDNRNN:
+    """Load the trained M of `task` from `rnn_dir`; a UserError if missing, corrupt or another task's."""
+    check_rnn_dir(rnn_dir, task)
+    path = Path(rnn_dir) / MODEL_FILE
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except Exception as err:
+        raise UserError(f"{path}: cannot be loaded ({type(err).__name__}: {str(err).splitlines()[0]})") from None
+    if not isinstance(model, MDNRNN) or model.z_size != task.z_size or model.units != task.rnn_units:
+        raise UserError(f"{path}: not an MDN-RNN with z = {task.z_size}, {task.rnn_units} units for {task.name}")
+    return model
+
+
+def summary_lines(model: MDNRNN) -> list[str]:
+    """The Keras summary, then the total parameter count."""
+    lines: list[str] = []
+    model.summary(print_fn=lambda s, **_: lines.append(s))
+    lines.append(f"MDN-RNN total parameters: {model.count_params():,}")
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Print M's Keras summary and parameter count.")
+    parser.add_argument("--task", default="carracing", choices=sorted(TASKS))
+    args = parser.parse_args(argv)
+    print("\n".join(summary_lines(build_rnn(get_task(args.task)))))
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,98 @@
+"""The numpy twin of M's step and the original's temperature sampling, for rollouts and the dream.
+
+Built from `rnn/weights.npz` (written by stage 4); held to the Keras model within 1e-5 by a test.
+This module imports numpy only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from env.tasks import Task
+from rnn.artifacts import load_weights
+
+MIXTURES = 5
+
+
+@dataclass
+class MixtureParams:
+    """M's prediction for z_{t+1}: per latent dimension, 5 logits, means and log-stds [B, z, 5]; and
+    Doom's done logit [B] (None for the car)."""
+
+    logits: np.ndarray
+    mu: np.ndarray
+    logstd: np.ndarray
+    done_logit: np.ndarray | None
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (np.tanh(0.5 * x) + 1.0)
+
+
+class RNNTwin:
+    """M in numpy: `step(x, h, c)` with x = [z, a(, restart)] float32 [B, in] → (params, h', c')."""
+
+    def __init__(self, weights: Mapping[str, np.ndarray], task: Task):
+        self.task = task
+        self.kernel = np.ascontiguousarray(weights["lstm.kernel"], np.float32)
+        self.recurrent_kernel = np.ascontiguousarray(weights["lstm.recurrent_kernel"], np.float32)
+        self.bias = np.asarray(weights["lstm.bias"], np.float32)
+        self.head_kernel = np.ascontiguousarray(weights["mdn.kernel"], np.float32)
+        self.head_bias = np.asarray(weights["mdn.bias"], np.float32)
+        self.units = self.recurrent_kernel.shape[0]
+        self.resets = "restart" in task.rnn_extra_inputs
+        self.initial_z = (weights.get("initial_z_mu"), weights.get("initial_z_logvar"))
+
+    @classmethod
+    def load(cls, rnn_dir: Path, task: Task) -> "RNNTwin":
+        """Read `rnn_dir/weights.npz`; a UserError if it is missing, corrupt or another task's."""
+        return cls(load_weights(rnn_dir, task), task)
+
+    def initial_state(self, batch: int) -> tuple[np.ndarray, np.ndarray]:
+        """Zero (h, c): float32 [batch, units] each."""
+        return np.zeros((batch, self.units), np.float32), np.zeros((batch, self.units), np.float32)
+
+    def lstm(self, x: np.ndarray, h: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One LSTM step (Keras gate order i, f, c, o); zeroes (h, c) first where Doom's restart flag is set."""
+        if self.resets:
+            keep = (x[:, -1:] <= 0.5).astype(np.float32)
+            h, c = h * keep, c * keep
+        gates = x @ self.kernel + h @ self.recurrent_kernel + self.bias
+        u = self.units
+        i, f, g, o = sigmoid(gates[:, :u]), sigmoid(gates[:, u:2 * u]), np.tanh(gates[:, 2 * u:3 * u]), \
+            sigmoid(gates[:, 3 * u:])
+        c = f * c + i * g
+        return (o * np.tanh(c)).astype(np.float32), c.astype(np.float32)
+
+    def head(self, h: np.ndarray) -> MixtureParams:
+        """h [B, units] → the mixture parameters for the next z (and Doom's done logit)."""
+        out = h @ self.head_kernel + self.head_bias
+        done = None
+        if self.task.rnn_predicts_done:
+            done, out = out[:, 0], out[:, 1:]
+        groups = out.reshape(len(out), self.task.z_size, 3 * MIXTURES)
+        return MixtureParams(groups[..., :MIXTURES], groups[..., MIXTURES:2 * MIXTURES], groups[..., 2 * MIXTURES:],
+                             done)
+
+    def step(self, x: np.ndarray, h: np.ndarray, c: np.ndarray) -> tuple[MixtureParams, np.ndarray, np.ndarray]:
+        """x = [z, a(, restart)]: float32 [B, in]; h, c [B, units] → (prediction of z_{t+1}, h', c')."""
+        h, c = self.lstm(np.asarray(x, np.float32), h, c)
+        return self.head(h), h, c
+
+
+def sample_z(params: MixtureParams, tau: float, rng: np.random.Generator) -> np.ndarray:
+    """Temperature sampling as the original: per latent dimension, one component drawn from
+    softmax(logits / τ) by inverse CDF, then z = μ_k + exp(logstd_k) · √τ · ε. → float32 [B, z]."""
+    logits = params.logits / max(tau, 1e-8)
+    logits = logits - logits.max(axis=-1, keepdims=True)
+    probs = np.exp(logits)
+    cdf = np.cumsum(probs / probs.sum(axis=-1, keepdims=True), axis=-1)
+    u = rng.random(cdf.shape[:-1])[..., None]
+    k = np.minimum((cdf < u).sum(axis=-1), MIXTURES - 1)[..., None]
+    mean = np.take_along_axis(params.mu, k, axis=-1)[..., 0]
+    std = np.exp(np.take_along_axis(params.logstd, k, axis=-1)[..., 0]) * np.sqrt(tau)
+    return (mean + std * rng.standard_normal(mean.shape)).astype(np.float32)
