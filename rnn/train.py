@@ -21,11 +21,11 @@ import numpy as np
 from env.cli import UserError, parse_config, run
 from env.files import atomic_write, ensure_dir, read_json, stage_record, write_json
 from env.tasks import Task, get_task
-from env.training import (CHECKPOINT_FILE, check_previous, clear_previous, fit_from, last_logged, restore,
+from env.training import (check_previous, clear_previous, fit_from, last_logged, restore,
                           standard_callbacks)
 from rnn.artifacts import MODEL_FILE
 from rnn.data import EpisodeBatches, SeriesSet, StreamBatches
-from vae.series import list_series, read_series
+from vae.series import list_series
 
 RESUMABLE_SETTINGS = ("checkpoint_every", "out")
 INITIAL_Z_EPISODES = 1000
