@@ -155,3 +155,41 @@ def test_stage_4_doom_state_is_zero_at_each_epoch_start(tmp_path):
 def test_stage_4_needs_series(tmp_path):
     with pytest.raises(UserError, match="run stage 3, vae.series"):
         train.main(["--task", "carracing", "--out", str(tmp_path)])
+
+
+def test_dream_picture_of_a_real_episode(tmp_path):
+    from PIL import Image
+
+    from rnn import visualize
+    from tests.test_vae_stages import write_record
+    from vae import series
+    from vae.model import build_vae, save_vae
+
+    write_record(tmp_path, episodes=3, length=20)
+    (tmp_path / "vae").mkdir()
+    (tmp_path / "vae" / "config.json").write_text('{"settings": {"task": "carracing"}}')
+    save_vae(build_vae(CAR, seed=0), tmp_path / "vae", CAR)
+    series.main(["--task", "carracing", "--out", str(tmp_path)])
+    train.main(["--task", "carracing", "--out", str(tmp_path), "--batch-size", "2", "--seq-len", "20", "--steps", "2"])
+    assert visualize.main(["--task", "carracing", "--out", str(tmp_path), "--episode", "1", "--frames", "12",
+                           "--columns", "4", "--tau", "1.15"]) == 0
+    png = Image.open(tmp_path / "rnn" / "dream_ep000001_tau1.15.png")
+    assert png.size == (4 * 64 * 2, 3 * 64 * 2)
+    gif = Image.open(tmp_path / "rnn" / "dream_ep000001_tau1.15.gif")
+    assert gif.n_frames == 12
+
+
+def test_dream_follows_the_real_latents_for_the_context_then_samples(tmp_path):
+    from rnn.model import build_rnn, export_weights
+    from rnn.visualize import dream
+
+    twin = RNNTwin({**export_weights(build_rnn(DOOM, seed=0)), "task": np.str_("doom")}, DOOM)
+    rng = np.random.default_rng(0)
+    mu = rng.normal(size=(8, 64)).astype(np.float32)
+    logvar = np.full((8, 64), -30.0, np.float32)  # σ ≈ 0: the sampled real z is mu
+    actions = rng.uniform(-1, 1, (8, 1)).astype(np.float32)
+    z = dream(twin, DOOM, mu, logvar, actions, context=3, tau=1.0, rng=np.random.default_rng(1))
+    np.testing.assert_allclose(z[:3], mu[:3], atol=1e-5)
+    assert not np.allclose(z[3:], mu[3:], atol=0.1)
+    again = dream(twin, DOOM, mu, logvar, actions, context=3, tau=1.0, rng=np.random.default_rng(1))
+    np.testing.assert_array_equal(z, again)

@@ -173,7 +173,6 @@ class ConvVAE(keras.Model):
 def build_vae(task: Task, seed: int | None = None, kl_tolerance: float = KL_TOLERANCE) -> ConvVAE:
     """A freshly initialised, built ConvVAE for `task` (z from the task table)."""
     model = ConvVAE(task.z_size, kl_tolerance=kl_tolerance, seed=seed, name=f"convvae_{task.name}")
-    model.build((None, FRAME_SIZE, FRAME_SIZE, 3))
     model(np.zeros((1, FRAME_SIZE, FRAME_SIZE, 3), np.uint8))
     return model
 
