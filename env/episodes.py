@@ -170,7 +170,9 @@ def frame_dataset(paths: Sequence[Path], task: Task, batch_size: int, seed: int,
 
     Episode order is reshuffled every pass; frames of `cycle_length` episodes are interleaved and
     shuffled through a buffer of `shuffle_buffer` frames. Memory is bounded by the buffer and the
-    open episodes, not by the number of episodes. The last partial batch is dropped (as the original).
+    open episodes, not by the number of episodes: each frame is copied out of its episode before the
+    shuffle buffer (an unbatched slice would keep its whole 12 MB episode alive while any of its
+    frames is buffered). The last partial batch is dropped (as the original).
     """
     import tensorflow as tf
 
@@ -183,6 +185,7 @@ def frame_dataset(paths: Sequence[Path], task: Task, batch_size: int, seed: int,
     frames = files.interleave(
         lambda p: tf.data.Dataset.from_generator(frames_of, args=(p,), output_signature=spec).unbatch(),
         cycle_length=cycle_length, block_length=1, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    frames = frames.map(lambda frame: tf.raw_ops.DeepCopy(x=frame))
     frames = frames.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     return frames.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 

@@ -14,12 +14,14 @@ from env.tasks import TASKS
 
 PRESETS: dict[str, dict[str, dict[str, dict[str, object]]]] = {
     "smoke": {
-        "carracing": {"extract": {"episodes": 4, "max_steps": 150}, "vae": {"epochs": 1, "batch_size": 20}},
-        "doom": {"extract": {"episodes": 4, "max_steps": 300}, "vae": {"epochs": 1, "batch_size": 20}},
+        "carracing": {"extract": {"episodes": 4, "max_steps": 150}, "vae": {"epochs": 1, "batch_size": 20},
+                      "rnn": {"steps": 4, "batch_size": 4, "seq_len": 150}},
+        "doom": {"extract": {"episodes": 4, "max_steps": 300}, "vae": {"epochs": 1, "batch_size": 20},
+                 "rnn": {"epochs": 2, "batch_size": 4, "seq_len": 50}},
     },
     "small": {
-        "carracing": {"extract": {"episodes": 200}, "vae": {"epochs": 1}},
-        "doom": {"extract": {"episodes": 600}, "vae": {"epochs": 1}},
+        "carracing": {"extract": {"episodes": 200}, "vae": {"epochs": 1}, "rnn": {"steps": 200}},
+        "doom": {"extract": {"episodes": 600}, "vae": {"epochs": 1}, "rnn": {"epochs": 30}},
     },
     "paper": {
         "carracing": {"extract": {"episodes": 10_000}},

@@ -8,10 +8,11 @@ from env.cli import UserError
 from env.extract import ExtractConfig
 from env.presets import PRESETS, stage_flags
 from env.tasks import TASKS
+from rnn.train import RnnTrainConfig
 from vae.series import SeriesConfig
 from vae.train import VaeTrainConfig
 
-STAGE_CONFIGS = {"extract": ExtractConfig, "vae": VaeTrainConfig, "series": SeriesConfig}
+STAGE_CONFIGS = {"extract": ExtractConfig, "vae": VaeTrainConfig, "series": SeriesConfig, "rnn": RnnTrainConfig}
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
@@ -27,8 +28,12 @@ def test_paper_preset_keeps_the_original_counts():
     for task in TASKS:
         assert stage_flags(task, "paper", "extract", 1) == ["--episodes=10000"]
         assert stage_flags(task, "paper", "vae", 1) == []
+        assert stage_flags(task, "paper", "rnn", 1) == []
     assert VaeTrainConfig().epochs == 10 and VaeTrainConfig().batch_size == 100
     assert VaeTrainConfig().learning_rate == 1e-4 and VaeTrainConfig().kl_tolerance == 0.5
+    rnn = RnnTrainConfig()
+    assert (rnn.batch_size, rnn.learning_rate, rnn.grad_clip) == (100, 1e-3, 1.0)
+    assert (rnn.steps, rnn.epochs, rnn.seq_len, rnn.lr_decay) == (0, 0, 0, 0.0)  # 0 = the task table's schedule
 
 
 def test_workers_follow_np_and_bad_names_are_refused():

@@ -187,3 +187,24 @@ def test_numpy_twin_matches_keras_over_100_steps(models, task):
             np.testing.assert_allclose(params.done_logit, np.asarray(reference[3]), atol=1e-5)
     np.testing.assert_allclose(h, np.asarray(keras_h), atol=1e-5)
     np.testing.assert_allclose(c, np.asarray(keras_c), atol=1e-5)
+
+
+def test_m_trains_on_sampled_z_and_death_targets_the_step_before_a_restart(models):
+    """LESSONS 5 and 7: z is a fresh sample of N(mu, exp(logvar)) per batch, and the done target of
+    input t is restart[t + 1] (the agent died at step t)."""
+    model = models["doom"]
+    n, steps = 64, 10
+    mu = np.random.default_rng(0).normal(size=(n, steps, 64)).astype(np.float32)
+    restart = np.zeros((n, steps), np.float32)
+    restart[:, 0] = restart[:, 6] = 1.0
+    batch = {"mu": mu, "logvar": np.full_like(mu, np.log(4.0)), "action": np.zeros((n, steps, 1), np.float32),
+             "restart": restart}
+    inputs, z_next, done_next = (np.asarray(v) for v in model.sequences(batch))
+    assert inputs.shape == (n, steps - 1, 66) and z_next.shape == (n, steps - 1, 64)
+    noise = np.concatenate([inputs[..., :64] - mu[:, :-1], z_next - mu[:, 1:]]).ravel()
+    assert abs(noise.std() - 2.0) < 0.05 and abs(noise.mean()) < 0.05
+    np.testing.assert_array_equal(inputs[0, :, -1], restart[0, :-1])  # the flag rides with its own frame
+    np.testing.assert_array_equal(done_next[0], restart[0, 1:])
+    assert done_next[0, 5] == 1.0 and done_next[0].sum() == 1.0
+    again = np.asarray(model.sequences(batch)[0])
+    assert not np.allclose(again[..., :64], inputs[..., :64])  # re-sampled on every call

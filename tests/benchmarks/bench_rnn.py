@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from env.tasks import get_task  # noqa: E402
 from vae.series import list_series, write_series  # noqa: E402
@@ -63,10 +64,10 @@ def rates(task, series_dir: Path) -> tuple[float, float]:
     float(logs["loss"])
     plain = STEPS * BATCH / (time.perf_counter() - start)
 
-    model.fit(step_dataset(batches, 0, 2, task, BATCH, task.rnn_seq_len), steps_per_epoch=2, verbose=0)
-    start = time.perf_counter()
-    model.fit(step_dataset(batches, 2, 2 + STEPS, task, BATCH, task.rnn_seq_len), steps_per_epoch=STEPS, verbose=0)
-    fitted = STEPS * BATCH / (time.perf_counter() - start)
+    from bench_vae import timed_fit
+
+    fitted = timed_fit(model, step_dataset(batches, 0, 2 + STEPS, task, BATCH, task.rnn_seq_len), warmup=2,
+                       steps=STEPS) * BATCH
     return plain, fitted
 
 

@@ -78,12 +78,24 @@ def training_rates(record: Path, precision: str) -> tuple[float, float]:
     plain = STEPS[precision] * BATCH / (time.perf_counter() - start)
 
     stream = frame_dataset(list_episodes(record), TASK, BATCH, seed=0).repeat()
-    model.fit(stream, epochs=1, steps_per_epoch=3, verbose=0)
-    start = time.perf_counter()
-    model.fit(stream, epochs=1, steps_per_epoch=STEPS[precision], verbose=0)
-    fitted = STEPS[precision] * BATCH / (time.perf_counter() - start)
+    fitted = timed_fit(model, stream, warmup=3, steps=STEPS[precision]) * BATCH
     keras.config.set_dtype_policy("float32")
     return plain, fitted
+
+
+def timed_fit(model, data, warmup: int, steps: int) -> float:
+    """Steps/s of one `fit()` call over `warmup + steps` steps, timed from the end of the warm-up steps
+    (so tracing and the first fill of the shuffle buffer are excluded, as in a long run)."""
+    import keras
+
+    ends: list[float] = []
+
+    class Clock(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            ends.append(time.perf_counter())
+
+    model.fit(data, epochs=1, steps_per_epoch=warmup + steps, callbacks=[Clock()], shuffle=False, verbose=0)
+    return steps / (ends[-1] - ends[warmup - 1])
 
 
 def stage_peak_rss(out: Path) -> tuple[float, float]:
