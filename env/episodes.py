@@ -32,8 +32,6 @@ from env.tasks import FRAME_SIZE, Task
 
 COMPRESS_LEVEL = 1
 """zlib level of the npz files: ≈ 3× faster to write than numpy's default level for ≈ 10–25 % more disk."""
-FRAME_BLOCK = 16
-"""Frames per separately allocated block in the frame stream: a buffered frame keeps only its block alive."""
 EPISODE_PATTERN = re.compile(r"^ep_(\d{6,})\.npz$")
 
 
@@ -172,23 +170,24 @@ def frame_dataset(paths: Sequence[Path], task: Task, batch_size: int, seed: int,
 
     Episode order is reshuffled every pass; frames of `cycle_length` episodes are interleaved and
     shuffled through a buffer of `shuffle_buffer` frames. Memory is bounded by the buffer and the
-    open episodes: episodes enter the stream as separately allocated blocks of 16 frames, so a
-    buffered frame keeps only its block alive, not its whole 12 MB episode. The last partial batch
-    is dropped (as the original).
+    open episodes: every frame enters the stream as its own copy, so a buffered frame never keeps
+    its whole 12 MB episode alive (unbatching an episode tensor would: 10,000 buffered frames could
+    pin thousands of episodes). The interleave is sequential: a parallel interleave over per-frame
+    Python generators stalls on the GIL. It still delivers ≈ 2,500 frames/s here, ≈ 8× what V
+    trains at, and tf.data prefetches batches in the background. The last partial batch is dropped (as the original).
     """
     import tensorflow as tf
 
     def frames_of(path: bytes):
-        obs = read_episode(Path(path.decode()), task, fields=("obs",))["obs"]
-        for start in range(0, len(obs), FRAME_BLOCK):
-            yield obs[start:start + FRAME_BLOCK].copy()
+        for frame in read_episode(Path(path.decode()), task, fields=("obs",))["obs"]:
+            yield frame.copy()
 
-    spec = tf.TensorSpec((None, FRAME_SIZE, FRAME_SIZE, 3), tf.uint8)
+    spec = tf.TensorSpec((FRAME_SIZE, FRAME_SIZE, 3), tf.uint8)
     files = tf.data.Dataset.from_tensor_slices([str(p) for p in paths])
     files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
     frames = files.interleave(
-        lambda p: tf.data.Dataset.from_generator(frames_of, args=(p,), output_signature=spec).unbatch(),
-        cycle_length=cycle_length, block_length=1, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        lambda p: tf.data.Dataset.from_generator(frames_of, args=(p,), output_signature=spec),
+        cycle_length=cycle_length, block_length=1)
     frames = frames.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     return frames.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
