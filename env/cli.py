@@ -58,6 +58,15 @@ def parse_config(cls: type[C], argv: Sequence[str] | None, description: str = ""
     return cls(**vars(parser.parse_args(argv)))
 
 
+def check_stage_flags(config: Any, at_least_one: Sequence[str] = ()) -> None:
+    """The checks every stage makes: `--out` given, and each field in `at_least_one` ≥ 1; else a UserError."""
+    if not getattr(config, "out", ""):
+        raise UserError("--out is required (the run directory)")
+    for name in at_least_one:
+        if getattr(config, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
+
+
 def run(main: Callable[[Sequence[str] | None], Any]) -> None:
     """Run a stage's `main` as a program: a UserError becomes one line on stderr and exit status 2."""
     try:

@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from env.cli import UserError, parse_config, run
+from env.cli import UserError, check_stage_flags, parse_config, run
 from env.episodes import episode_path, write_episode
 from env.files import ensure_dir, read_json, stage_record, write_json
 from env.policies import make_collection_policy
@@ -139,12 +139,7 @@ def check_settings(record_dir: Path, config: ExtractConfig) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     config = parse_config(ExtractConfig, argv)
     task = get_task(config.task)
-    if not config.out:
-        raise UserError("--out is required (the run directory)")
-    if config.episodes < 1:
-        raise UserError(f"--episodes must be at least 1, got {config.episodes}")
-    if config.workers < 1:
-        raise UserError(f"--workers must be at least 1, got {config.workers}")
+    check_stage_flags(config, ("episodes", "workers"))
     if config.max_steps == 0:
         config.max_steps = task.max_steps
     if config.max_steps <= task.min_episode_length:

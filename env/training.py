@@ -21,6 +21,24 @@ LOG_FILES = ("checkpoint", "tensorboard", "log.csv")
 """What a fresh (not resumed) training run clears from its stage directory."""
 
 
+def save_model(model, path: Path) -> None:
+    """Save a Keras model as `.keras` atomically (temporary name beside `path`, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.keras")
+    model.save(tmp)
+    tmp.replace(path)
+
+
+def load_model(path: Path):
+    """Load a `.keras` model (custom layers registered by importing their module); a UserError if it cannot."""
+    import keras
+
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as err:
+        raise UserError(f"{path}: cannot be loaded ({type(err).__name__}: {str(err).splitlines()[0]})") from None
+
+
 def check_previous(stage_dir: Path, record: dict, resumable: Sequence[str], model_file: str) -> str:
     """'new', 'resume' or 'done' for a training stage's directory, comparing its `config.json` with
     `record` (settings and data); a UserError naming what changed if it was trained differently.

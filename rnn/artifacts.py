@@ -12,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
+from env.artifacts import check_trained_dir, read_weights
 from env.cli import UserError
-from env.files import read_json
 from env.tasks import Task
 
+MADE_BY = "stage 4, rnn.train"
 MODEL_FILE = "rnn.keras"
 WEIGHTS_FILE = "weights.npz"
 WEIGHT_NAMES = ("lstm.kernel", "lstm.recurrent_kernel", "lstm.bias", "mdn.kernel", "mdn.bias")
@@ -23,30 +24,13 @@ WEIGHT_NAMES = ("lstm.kernel", "lstm.recurrent_kernel", "lstm.bias", "mdn.kernel
 
 def check_rnn_dir(rnn_dir: Path, task: Task) -> None:
     """A UserError unless `rnn_dir` holds a finished M trained for `task`."""
-    rnn_dir = Path(rnn_dir)
-    if not (rnn_dir / MODEL_FILE).exists() or not (rnn_dir / "config.json").exists():
-        raise UserError(f"{rnn_dir}: no trained M (run stage 4, rnn.train, first)")
-    trained_for = read_json(rnn_dir / "config.json").get("settings", {}).get("task")
-    if trained_for != task.name:
-        raise UserError(f"{rnn_dir}: M was trained for {trained_for!r}, not {task.name!r}")
+    check_trained_dir(rnn_dir, task, MODEL_FILE, "M", MADE_BY)
 
 
 def load_weights(rnn_dir: Path, task: Task) -> dict[str, np.ndarray]:
     """M's named weights (and initial_z arrays) from `rnn_dir/weights.npz`, checked against `task`."""
     path = Path(rnn_dir) / WEIGHTS_FILE
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            weights = {key: npz[key] for key in npz.files}
-    except FileNotFoundError:
-        raise UserError(f"{path}: missing (run stage 4, rnn.train, first)") from None
-    except Exception as err:
-        raise UserError(f"{path}: corrupt or unreadable ({type(err).__name__}: {err})") from None
-    trained_for = str(weights.get("task", ""))
-    if trained_for != task.name:
-        raise UserError(f"{path}: M was trained for {trained_for!r}, not {task.name!r}")
-    missing = [name for name in WEIGHT_NAMES if name not in weights]
-    if missing:
-        raise UserError(f"{path}: missing weights {', '.join(missing)}")
+    weights = read_weights(path, task, WEIGHT_NAMES, "M", MADE_BY)
     if weights["lstm.recurrent_kernel"].shape[0] != task.rnn_units:
         raise UserError(f"{path}: LSTM of {weights['lstm.recurrent_kernel'].shape[0]} units, expected "
                         f"{task.rnn_units} for {task.name}")

@@ -20,6 +20,7 @@ from keras import layers, ops
 from env.cli import UserError, run
 from env.files import atomic_write
 from env.tasks import TASKS, Task, get_task
+from env.training import load_model, save_model
 from rnn.artifacts import MODEL_FILE, WEIGHTS_FILE, check_rnn_dir
 
 MIXTURES = 5
@@ -188,6 +189,13 @@ def build_rnn(task: Task, batch_size: int | None = None, stateful: bool = False,
     return model
 
 
+def plain_copy(model: MDNRNN, task: Task) -> MDNRNN:
+    """A non-stateful M with the same weights, usable on batches of any size."""
+    plain = build_rnn(task, seed=model.seed)
+    plain.set_weights(model.get_weights())
+    return plain
+
+
 def export_weights(model: MDNRNN) -> dict[str, np.ndarray]:
     """Named float32 weights: lstm.kernel [in, 4u], lstm.recurrent_kernel [u, 4u], lstm.bias [4u] (Keras gate
     order i, f, c, o), mdn.kernel [u, NOUT], mdn.bias [NOUT]."""
@@ -201,13 +209,8 @@ def save_rnn(model: MDNRNN, rnn_dir: Path, task: Task, extra: dict[str, np.ndarr
     """Write `rnn_dir/rnn.keras` (a non-stateful copy) and `rnn_dir/weights.npz` (named weights, task,
     and `extra` arrays such as initial_z), atomically."""
     rnn_dir = Path(rnn_dir)
-    plain = model
-    if model.stateful:
-        plain = build_rnn(task, seed=model.seed)
-        plain.set_weights(model.get_weights())
-    tmp = rnn_dir / f".{MODEL_FILE}.tmp.keras"
-    plain.save(tmp)
-    tmp.replace(rnn_dir / MODEL_FILE)
+    plain = plain_copy(model, task) if model.stateful else model
+    save_model(plain, rnn_dir / MODEL_FILE)
     arrays = {**export_weights(plain), **(extra or {}), "task": np.str_(task.name)}
     atomic_write(rnn_dir / WEIGHTS_FILE, lambda f: np.savez(f, **arrays))
 
@@ -216,10 +219,7 @@ def load_rnn(rnn_dir: Path, task: Task) -> MDNRNN:
     """Load the trained M of `task` from `rnn_dir`; a UserError if missing, corrupt or another task's."""
     check_rnn_dir(rnn_dir, task)
     path = Path(rnn_dir) / MODEL_FILE
-    try:
-        model = keras.saving.load_model(path, compile=False)
-    except Exception as err:
-        raise UserError(f"{path}: cannot be loaded ({type(err).__name__}: {str(err).splitlines()[0]})") from None
+    model = load_model(path)
     if not isinstance(model, MDNRNN) or model.z_size != task.z_size or model.units != task.rnn_units:
         raise UserError(f"{path}: not an MDN-RNN with z = {task.z_size}, {task.rnn_units} units for {task.name}")
     return model

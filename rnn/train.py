@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from env.cli import UserError, parse_config, run
+from env.cli import UserError, check_stage_flags, parse_config, run
 from env.files import atomic_write, ensure_dir, read_json, stage_record, write_json
 from env.tasks import Task, get_task
 from env.training import (check_previous, clear_previous, fit_from, last_logged, restore,
@@ -64,9 +64,7 @@ def resolve(config: RnnTrainConfig, task: Task) -> RnnTrainConfig:
         config.lr_decay = task.rnn_lr_decay
     if config.epochs == 0:
         config.epochs = task.rnn_epochs
-    for name in ("batch_size", "checkpoint_every"):
-        if getattr(config, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
+    check_stage_flags(config, ("batch_size", "checkpoint_every"))
     if config.seq_len < 2:
         raise UserError(f"--seq-len must be at least 2, got {config.seq_len}")
     if config.steps < 0 or config.epochs < 0:
@@ -156,8 +154,6 @@ def baseline_comparison(model, batches, steps: Sequence[int]) -> dict[str, float
 def main(argv: Sequence[str] | None = None, extra_callbacks: Sequence = ()) -> int:
     config = parse_config(RnnTrainConfig, argv)
     task = get_task(config.task)
-    if not config.out:
-        raise UserError("--out is required (the run directory)")
     config = resolve(config, task)
     out = Path(config.out)
     series_dir = out / "series"
@@ -189,7 +185,7 @@ def main(argv: Sequence[str] | None = None, extra_callbacks: Sequence = ()) -> i
 
     import keras
 
-    from rnn.model import DecayToFloor, build_rnn, save_rnn
+    from rnn.model import DecayToFloor, build_rnn, plain_copy, save_rnn
 
     keras.utils.set_random_seed(config.seed)
     stateful = task.rnn_batching == "streams"
@@ -214,7 +210,7 @@ def main(argv: Sequence[str] | None = None, extra_callbacks: Sequence = ()) -> i
     seconds = time.perf_counter() - start
     trained = int(model.optimizer.iterations) - start_step
 
-    comparison = baseline_comparison(model if not stateful else _plain_copy(model, task), batches,
+    comparison = baseline_comparison(plain_copy(model, task) if stateful else model, batches,
                                      list(range(min(BASELINE_BATCHES, steps_per_epoch))))
     save_rnn(model, rnn_dir, task, extra=initial_z(series))
     shutil.rmtree(rnn_dir / "checkpoint", ignore_errors=True)
@@ -227,15 +223,6 @@ def main(argv: Sequence[str] | None = None, extra_callbacks: Sequence = ()) -> i
           f"{comparison['nll_copy_last_z_unit_variance']} for z_t+1 = z_t with unit variance; "
           f"{result['sequences_per_second']} sequences/s", flush=True)
     return 0
-
-
-def _plain_copy(model, task: Task):
-    """A non-stateful M with the same weights (for evaluation on batches of any size)."""
-    from rnn.model import build_rnn
-
-    plain = build_rnn(task, seed=model.seed)
-    plain.set_weights(model.get_weights())
-    return plain
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from env.cli import UserError, parse_config, run
+from env.cli import UserError, check_stage_flags, parse_config, run
 from env.episodes import episode_path, read_episode
 from env.files import atomic_write
 from env.tasks import Task, get_task
@@ -67,8 +67,7 @@ def to_frames(decoder, z: np.ndarray) -> np.ndarray:
 def main(argv: Sequence[str] | None = None) -> int:
     config = parse_config(VisualizeConfig, argv)
     task = get_task(config.task)
-    if not config.out:
-        raise UserError("--out is required (the run directory)")
+    check_stage_flags(config)
     if config.tau <= 0 or config.context < 1 or config.frames < 2 or config.columns < 1:
         raise UserError("--tau must be positive, --context ≥ 1, --frames ≥ 2, --columns ≥ 1")
     out = Path(config.out)

@@ -13,6 +13,7 @@ from rnn import train
 from rnn.data import EpisodeBatches, SeriesSet, StreamBatches
 from rnn.model import load_rnn
 from rnn.twin import RNNTwin
+from tests.test_vae_stages import Interrupt, write_record
 from vae.series import list_series, write_series
 
 CAR = get_task("carracing")
@@ -102,16 +103,6 @@ def test_stage_4_car_writes_model_weights_initial_z_and_the_baseline(tmp_path, c
         train.main([*args[:-1], "6"])
 
 
-class Interrupt(keras.callbacks.Callback):
-    def __init__(self, at):
-        super().__init__()
-        self.at = at
-
-    def on_train_batch_end(self, batch, logs=None):
-        if int(self.model.optimizer.iterations) == self.at:
-            raise KeyboardInterrupt
-
-
 class Record(keras.callbacks.Callback):
     """Which global steps ran, and whether the carried LSTM state was zero when each began."""
 
@@ -161,7 +152,6 @@ def test_dream_picture_of_a_real_episode(tmp_path):
     from PIL import Image
 
     from rnn import visualize
-    from tests.test_vae_stages import write_record
     from vae import series
     from vae.model import build_vae, save_vae
 

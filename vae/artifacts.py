@@ -11,10 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
+from env.artifacts import check_trained_dir, read_weights
 from env.cli import UserError
-from env.files import read_json
 from env.tasks import Task
 
+MADE_BY = "stage 2, vae.train"
 MODEL_FILE = "vae.keras"
 WEIGHTS_FILE = "weights.npz"
 ENCODER_LAYERS = ("enc_conv1", "enc_conv2", "enc_conv3", "enc_conv4", "enc_fc_mu", "enc_fc_log_var")
@@ -22,12 +23,7 @@ ENCODER_LAYERS = ("enc_conv1", "enc_conv2", "enc_conv3", "enc_conv4", "enc_fc_mu
 
 def check_vae_dir(vae_dir: Path, task: Task) -> None:
     """A UserError unless `vae_dir` holds a finished V trained for `task`."""
-    vae_dir = Path(vae_dir)
-    if not (vae_dir / MODEL_FILE).exists() or not (vae_dir / "config.json").exists():
-        raise UserError(f"{vae_dir}: no trained V (run stage 2, vae.train, first)")
-    trained_for = read_json(vae_dir / "config.json").get("settings", {}).get("task")
-    if trained_for != task.name:
-        raise UserError(f"{vae_dir}: V was trained for {trained_for!r}, not {task.name!r}")
+    check_trained_dir(vae_dir, task, MODEL_FILE, "V", MADE_BY)
 
 
 def fingerprint(vae_dir: Path) -> str:
@@ -36,26 +32,14 @@ def fingerprint(vae_dir: Path) -> str:
     try:
         return hashlib.sha256(path.read_bytes()).hexdigest()
     except FileNotFoundError:
-        raise UserError(f"{path}: missing (run stage 2, vae.train, first)") from None
+        raise UserError(f"{path}: missing (run {MADE_BY}, first)") from None
 
 
 def load_weights(vae_dir: Path, task: Task) -> dict[str, np.ndarray]:
     """V's named weights from `vae_dir/weights.npz`, checked to be complete and to belong to `task`."""
     path = Path(vae_dir) / WEIGHTS_FILE
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            weights = {key: npz[key] for key in npz.files}
-    except FileNotFoundError:
-        raise UserError(f"{path}: missing (run stage 2, vae.train, first)") from None
-    except Exception as err:
-        raise UserError(f"{path}: corrupt or unreadable ({type(err).__name__}: {err})") from None
-    trained_for = str(weights.get("task", ""))
-    if trained_for != task.name:
-        raise UserError(f"{path}: V was trained for {trained_for!r}, not {task.name!r}")
-    missing = [f"{name}.{part}" for name in ENCODER_LAYERS for part in ("kernel", "bias")
-               if f"{name}.{part}" not in weights]
-    if missing:
-        raise UserError(f"{path}: missing weights {', '.join(missing)}")
+    required = [f"{name}.{part}" for name in ENCODER_LAYERS for part in ("kernel", "bias")]
+    weights = read_weights(path, task, required, "V", MADE_BY)
     if weights["enc_fc_mu.kernel"].shape[1] != task.z_size:
         raise UserError(f"{path}: z size {weights['enc_fc_mu.kernel'].shape[1]}, expected {task.z_size} "
                         f"for {task.name}")

@@ -18,6 +18,7 @@ from keras import layers, ops
 from env.cli import UserError, run
 from env.files import atomic_write
 from env.tasks import FRAME_SIZE, TASKS, Task, get_task
+from env.training import load_model, save_model
 from vae.artifacts import MODEL_FILE, WEIGHTS_FILE, check_vae_dir
 
 KL_TOLERANCE = 0.5
@@ -192,9 +193,7 @@ def export_weights(model: ConvVAE) -> dict[str, np.ndarray]:
 def save_vae(model: ConvVAE, vae_dir: Path, task: Task) -> None:
     """Write `vae_dir/vae.keras` and `vae_dir/weights.npz` (named weights plus task and z_size), atomically."""
     vae_dir = Path(vae_dir)
-    tmp = vae_dir / f".{MODEL_FILE}.tmp.keras"
-    model.save(tmp)
-    tmp.replace(vae_dir / MODEL_FILE)
+    save_model(model, vae_dir / MODEL_FILE)
     arrays = {**export_weights(model), "task": np.str_(task.name), "z_size": np.int64(task.z_size)}
     atomic_write(vae_dir / WEIGHTS_FILE, lambda f: np.savez(f, **arrays))
 
@@ -203,10 +202,7 @@ def load_vae(vae_dir: Path, task: Task) -> ConvVAE:
     """Load the trained V of `task` from `vae_dir`; a UserError if missing, corrupt or another task's."""
     check_vae_dir(vae_dir, task)
     path = Path(vae_dir) / MODEL_FILE
-    try:
-        model = keras.saving.load_model(path, compile=False)
-    except Exception as err:
-        raise UserError(f"{path}: cannot be loaded ({type(err).__name__}: {str(err).splitlines()[0]})") from None
+    model = load_model(path)
     if not isinstance(model, ConvVAE) or model.z_size != task.z_size:
         raise UserError(f"{path}: not a ConvVAE with z = {task.z_size} for {task.name}")
     return model

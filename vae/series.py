@@ -27,7 +27,7 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from env.cli import UserError, parse_config, run
+from env.cli import UserError, check_stage_flags, parse_config, run
 from env.episodes import FormatError, Schema, list_episodes, read_episode, read_npz, write_npz
 from env.files import ensure_dir, read_json, stage_record, write_json
 from env.tasks import FRAME_SIZE, Task, get_task
@@ -95,10 +95,7 @@ def check_previous(series_dir: Path, task: Task, vae_id: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     config = parse_config(SeriesConfig, argv)
     task = get_task(config.task)
-    if not config.out:
-        raise UserError("--out is required (the run directory)")
-    if config.batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {config.batch_size}")
+    check_stage_flags(config, ("batch_size",))
 
     out = Path(config.out)
     paths = list_episodes(out / "record")

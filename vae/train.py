@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from env.cli import UserError, parse_config, run
+from env.cli import UserError, check_stage_flags, parse_config, run
 from env.episodes import frame_dataset, list_episodes, read_episode
 from env.files import atomic_write, ensure_dir, stage_record, write_json
 from env.training import (check_previous, clear_previous, fit_from, last_logged, restore,
@@ -138,11 +138,7 @@ def train(config: VaeTrainConfig, task: Task, paths: Sequence[Path], vae_dir: Pa
 def main(argv: Sequence[str] | None = None, extra_callbacks: Sequence = ()) -> int:
     config = parse_config(VaeTrainConfig, argv)
     task = get_task(config.task)
-    if not config.out:
-        raise UserError("--out is required (the run directory)")
-    for name in ("epochs", "batch_size", "checkpoint_every", "shuffle_buffer"):
-        if getattr(config, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
+    check_stage_flags(config, ("epochs", "batch_size", "checkpoint_every", "shuffle_buffer"))
     if config.learning_rate <= 0 or config.max_frames < 0 or config.kl_tolerance < 0:
         raise UserError("--learning-rate must be positive; --max-frames and --kl-tolerance non-negative")
     if config.precision not in PRECISIONS:
