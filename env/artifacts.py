@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Iterable
 
@@ -39,3 +40,12 @@ def read_weights(path: Path, task: Task, required: Iterable[str], what: str, mad
     if missing:
         raise UserError(f"{path}: missing weights {', '.join(missing)}")
     return weights
+
+
+def file_fingerprint(path: Path, made_by: str) -> str:
+    """sha256 of a file (a model's exported weights): identifies the model later stages were built on."""
+    path = Path(path)
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except FileNotFoundError:
+        raise UserError(f"{path}: missing (run {made_by}, first)") from None

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from env.artifacts import check_trained_dir, read_weights
+from env.artifacts import check_trained_dir, file_fingerprint, read_weights
 from env.cli import UserError
 from env.tasks import Task
 
@@ -25,6 +25,11 @@ WEIGHT_NAMES = ("lstm.kernel", "lstm.recurrent_kernel", "lstm.bias", "mdn.kernel
 def check_rnn_dir(rnn_dir: Path, task: Task) -> None:
     """A UserError unless `rnn_dir` holds a finished M trained for `task`."""
     check_trained_dir(rnn_dir, task, MODEL_FILE, "M", MADE_BY)
+
+
+def fingerprint(rnn_dir: Path) -> str:
+    """sha256 of the exported weights: identifies the M a controller was trained with."""
+    return file_fingerprint(Path(rnn_dir) / WEIGHTS_FILE, MADE_BY)
 
 
 def load_weights(rnn_dir: Path, task: Task) -> dict[str, np.ndarray]:

@@ -6,12 +6,11 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 
-from env.artifacts import check_trained_dir, read_weights
+from env.artifacts import check_trained_dir, file_fingerprint, read_weights
 from env.cli import UserError
 from env.tasks import Task
 
@@ -28,11 +27,7 @@ def check_vae_dir(vae_dir: Path, task: Task) -> None:
 
 def fingerprint(vae_dir: Path) -> str:
     """sha256 of the exported weights: identifies the V that later stages were built on."""
-    path = Path(vae_dir) / WEIGHTS_FILE
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except FileNotFoundError:
-        raise UserError(f"{path}: missing (run {MADE_BY}, first)") from None
+    return file_fingerprint(Path(vae_dir) / WEIGHTS_FILE, MADE_BY)
 
 
 def load_weights(vae_dir: Path, task: Task) -> dict[str, np.ndarray]:

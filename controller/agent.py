@@ -1,0 +1,123 @@
+"""The agent (V → C → M, in the original's step order) and episodes of a task's real environment.
+
+One step of the agent (ORIGINAL.md §4.1, WME: model.py `get_action` / `rnn_next_state`):
+
+1. V encodes the frame and *samples* z_t = μ + exp(logvar/2)·ε (never μ alone);
+2. C sees [z_t, h_t] (car) or [z_t, c_t, h_t] (Doom), M's state *before* it has seen z_t
+   (zero at the start of an episode);
+3. C's tanh outputs become the env action a_t (car: steer, (y+1)/2 gas, brake clipped to [0, 1]);
+4. M consumes (z_t, a_t), plus Doom's restart flag (1 on an episode's first step), and moves to
+   (h_{t+1}, c_{t+1}).
+
+Everything here is numpy: rollout processes never import TensorFlow.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from controller.model import Controller, ControllerShape
+from env.policies import controller_to_env_action, make_collection_policy
+from env.tasks import Task
+from rnn.twin import RNNTwin
+from vae.twin import EncoderTwin
+
+AGENT_STREAM = 1
+"""The agent's own random stream (V's ε) for an episode with env seed s is default_rng([s, AGENT_STREAM])."""
+
+
+class Policy(Protocol):
+    """What plays an episode: reset at its start with the episode's random generator, then one action per frame."""
+
+    def reset(self, rng: np.random.Generator) -> None: ...
+
+    def act(self, obs: np.ndarray) -> np.ndarray: ...
+
+
+class Agent:
+    """V twin + M twin + C for one task; `act(frame)` returns the env action and advances M."""
+
+    def __init__(self, task: Task, shape: ControllerShape, encoder: EncoderTwin, rnn: RNNTwin | None):
+        if shape.uses_m and rnn is None:
+            raise ValueError(f"mode {shape.mode} reads M's state: an RNNTwin is required")
+        self.task = task
+        self.shape = shape
+        self.encoder = encoder
+        self.rnn = rnn if shape.uses_m else None
+        self.controller: Controller | None = None
+        self.rng = np.random.default_rng(0)
+        self.h = self.c = np.zeros((1, 0), np.float32)
+        self.restart = 1.0
+
+    @classmethod
+    def load(cls, run_dir: Path, task: Task, shape: ControllerShape) -> "Agent":
+        """Build from `run_dir/vae/weights.npz` and (when C reads M's state) `run_dir/rnn/weights.npz`."""
+        encoder = EncoderTwin.load(Path(run_dir) / "vae", task)
+        rnn = RNNTwin.load(Path(run_dir) / "rnn", task) if shape.uses_m else None
+        return cls(task, shape, encoder, rnn)
+
+    def set_params(self, params: np.ndarray) -> None:
+        """Load C's flat parameter vector (float64 [n_params])."""
+        self.controller = Controller(self.shape, params)
+
+    def reset(self, rng: np.random.Generator) -> None:
+        """Start an episode: zero M state, restart flag set, V's ε drawn from `rng`."""
+        self.rng = rng
+        if self.rnn is not None:
+            self.h, self.c = self.rnn.initial_state(1)
+        self.restart = 1.0
+
+    def features(self, z: np.ndarray) -> np.ndarray:
+        """z: float32 [1, z] → C's input [1, in]: z with M's current (pre-z_t) c and/or h, in mode order."""
+        parts = {"z": z, "h": self.h, "c": self.c}
+        return np.concatenate([parts[name] for name in self.shape.features], axis=1)
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """obs: uint8 [64, 64, 3] → env action float32 [action_dim]; M then consumes (z_t, a_t)."""
+        z = self.encoder.sample(obs[None], self.rng)
+        y = self.controller(self.features(z))[0]
+        action = controller_to_env_action(self.task, y)
+        if self.rnn is not None:
+            x = [z, action[None]]
+            if self.rnn.resets:
+                x.append(np.array([[self.restart]], np.float32))
+            self.h, self.c = self.rnn.lstm(np.concatenate(x, axis=1), self.h, self.c)
+        self.restart = 0.0
+        return action
+
+
+class CollectionPolicy:
+    """The task's random data-collection policy (stage 1's), as a Policy: the random baseline."""
+
+    def __init__(self, task: Task):
+        self.task = task
+        self.policy = None
+        self.t = 0
+
+    def reset(self, rng: np.random.Generator) -> None:
+        self.policy = make_collection_policy(self.task, rng)
+        self.t = 0
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        action = self.policy(self.t)
+        self.t += 1
+        return action
+
+
+def play_episode(env, policy: Policy, seed: int, frames: list | None = None) -> tuple[float, int]:
+    """One episode of `env` (capped by the env) from env seed `seed` → (return, steps).
+    With `frames`, each full-resolution rendered frame is appended to it."""
+    obs, _ = env.reset(seed=int(seed))
+    policy.reset(np.random.default_rng([int(seed), AGENT_STREAM]))
+    total, steps = 0.0, 0
+    while True:
+        if frames is not None:
+            frames.append(env.render())
+        obs, reward, terminated, truncated, _ = env.step(policy.act(obs))
+        total += reward
+        steps += 1
+        if terminated or truncated:
+            return total, steps

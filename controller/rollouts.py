@@ -1,0 +1,116 @@
+"""Batches of episodes as jobs for worker processes: what a worker builds, runs, and sends back.
+
+A job is a block of candidates (float64 parameter vectors) with the env seeds of their episodes;
+its result holds every episode's return and length. A worker builds its environment and agent once
+from a `RolloutSpec` (plain data, cheap to send), reading the exported V and M weights from disk.
+
+An exception inside an episode (an env crash) does not stop the run: the worker logs it, rebuilds
+its env and plays the episode again; a second failure scores the episode as failed (return NaN,
+length 0) with a warning, and the trainer substitutes the generation's worst return for it.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from controller.agent import Agent, CollectionPolicy, Policy, play_episode
+from controller.model import controller_shape
+from env.tasks import get_task
+from env.wrappers import make_env
+
+
+@dataclass(frozen=True)
+class RolloutSpec:
+    """Everything a worker needs to build its env and agent."""
+
+    run_dir: str
+    task: str
+    mode: str
+    max_steps: int
+    """Episode cap in env steps (the task's cap unless a run shortens it)."""
+    random_policy: bool = False
+    """Play the task's data-collection policy instead of C (the random baseline)."""
+
+
+@dataclass
+class Job:
+    """k candidates' episodes: params float64 [k, n_params] (ignored for the random policy), seeds int64 [k, E]."""
+
+    params: np.ndarray
+    seeds: np.ndarray
+
+
+@dataclass
+class JobResult:
+    """returns float64 [k, E] (NaN = failed episode), lengths int64 [k, E], one line per failure."""
+
+    returns: np.ndarray
+    lengths: np.ndarray
+    failures: list[str] = field(default_factory=list)
+
+
+class Rollouts:
+    """A worker's env and agent; `run(job)` plays every episode of a job in the real environment."""
+
+    def __init__(self, spec: RolloutSpec):
+        self.spec = spec
+        self.task = get_task(spec.task)
+        if spec.random_policy:
+            self.policy: Policy = CollectionPolicy(self.task)
+            self.agent = None
+        else:
+            self.agent = Agent.load(Path(spec.run_dir), self.task, controller_shape(self.task, spec.mode))
+            self.policy = self.agent
+        self.env = None
+
+    def _env(self):
+        if self.env is None:
+            self.env = make_env(self.task, max_steps=self.spec.max_steps)
+        return self.env
+
+    def _rebuild_env(self) -> None:
+        if self.env is not None:
+            try:
+                self.env.close()
+            except Exception:
+                pass
+        self.env = None
+
+    def episode(self, seed: int) -> tuple[float, int, str]:
+        """Play one episode with the current policy: (return, steps, '') or (NaN, 0, why) after two failures."""
+        for attempt in (1, 2):
+            try:
+                total, steps = play_episode(self._env(), self.policy, seed)
+                return total, steps, ""
+            except Exception as err:
+                why = f"episode with seed {seed}: {type(err).__name__}: {err}"
+                self._rebuild_env()
+                if attempt == 1:
+                    print(f"warning: {why}; env rebuilt, retrying once", file=sys.stderr, flush=True)
+                else:
+                    print(f"warning: {why} again; scored as failed", file=sys.stderr, flush=True)
+                    return float("nan"), 0, why + "\n" + traceback.format_exc(limit=-3)
+        raise AssertionError("unreachable")
+
+    def run(self, job: Job) -> JobResult:
+        """Play every (candidate, seed) episode of `job`."""
+        seeds = np.asarray(job.seeds, dtype=np.int64)
+        returns = np.zeros(seeds.shape, np.float64)
+        lengths = np.zeros(seeds.shape, np.int64)
+        failures = []
+        for i in range(seeds.shape[0]):
+            if self.agent is not None:
+                self.agent.set_params(job.params[i])
+            for e in range(seeds.shape[1]):
+                returns[i, e], lengths[i, e], why = self.episode(int(seeds[i, e]))
+                if why:
+                    failures.append(why)
+        return JobResult(returns, lengths, failures)
+
+    def close(self) -> None:
+        self._rebuild_env()
