@@ -17,6 +17,9 @@ Episode seeds are pure functions of their coordinates and live in disjoint range
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import cma
 import numpy as np
 
@@ -80,6 +83,21 @@ class CMAES:
         return float(np.mean(self.es.result.stds))
 
 
+@dataclass
+class SearchState:
+    """Everything a resumed search needs; stage 5 pickles it whole into checkpoint.pkl after every generation."""
+
+    generation: int
+    es: CMAES
+    history: list[dict[str, Any]]
+    evaluations: list[dict[str, Any]]
+    best: dict[str, Any] | None
+    seconds: float
+    settings: dict[str, Any]
+    models: dict[str, str]
+    np_global_state: Any = None
+
+
 def training_seeds(seed: int, generation: int, popsize: int, episodes: int, antithetic: bool) -> np.ndarray:
     """Env seeds int64 [popsize, episodes] of one generation; with `antithetic`, candidates i and
     i + popsize/2 share seeds (common random numbers, as the original)."""
@@ -94,7 +112,7 @@ def selection_seeds(episodes: int) -> np.ndarray:
     return SELECTION_BASE + np.arange(episodes, dtype=np.int64)
 
 
-def test_seeds(offset: int, episodes: int) -> np.ndarray:
+def heldout_seeds(offset: int, episodes: int) -> np.ndarray:
     """Stage 6's env seeds int64 [episodes], disjoint from every training and selection seed."""
     if offset < 0 or offset + episodes > TEST_RANGE:
         raise ValueError(f"test seeds must lie in [0, {TEST_RANGE}), got offset {offset} + {episodes} episodes")

@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from controller.artifacts import write_params
-from controller.es import CMAES, selection_seeds, training_seeds
+from controller.es import CMAES, SearchState, selection_seeds, training_seeds
 from controller.model import ControllerShape, controller_shape
 from controller.pool import MPIPool, SerialPool, mpi_world, serve_mpi, stop_mpi_workers
 from controller.rollouts import Job, JobResult, RolloutSpec
@@ -66,21 +66,6 @@ class TrainConfig:
         "help": "L2 coefficient on mean(θ²), a penalty (original: 0.01 with the sign flipped, see README)"})
     antithetic: bool = field(default=True, metadata={"help": "candidates i and i + popsize/2 share episode seeds (original: on)"})
     seed: int = field(default=0, metadata={"help": "seeds CMA-ES and every training episode"})
-
-
-@dataclass
-class SearchState:
-    """Everything a resumed run needs: pickled whole into checkpoint.pkl after every generation."""
-
-    generation: int
-    es: CMAES
-    history: list[dict[str, Any]]
-    evaluations: list[dict[str, Any]]
-    best: dict[str, Any] | None
-    seconds: float
-    settings: dict[str, Any]
-    models: dict[str, str]
-    np_global_state: Any = None
 
 
 def fill_failed(returns: np.ndarray) -> tuple[np.ndarray, int]:

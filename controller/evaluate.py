@@ -1,0 +1,165 @@
+"""Stage 6: play a trained controller (or the random policy) for 100 fresh episodes of the real env.
+
+    python -m controller.evaluate --task carracing --out runs/car                 # OUT/controller/zh/best.json
+    python -m controller.evaluate --task carracing --out runs/car --random        # the random baseline
+    mpirun -np 9 python -m controller.evaluate --task carracing --out runs/car    # 8 MPI workers
+
+Everything is loaded from disk (V and M weights, the controller's best.json). Episode seeds come
+from the test range, disjoint from every training and selection seed (controller/es.py), so the
+score is measured on tracks/episodes the search never saw, each a pure function of its seed.
+Writes `OUT/eval/<name>.json`: every episode's seed, return and length, the mean, the population
+std (as the original's model.py), n, the params file, settings and git commit; prints mean ± std (n).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from controller.agent import Agent, CollectionPolicy, play_episode
+from controller.artifacts import read_params
+from controller.es import TEST_RANGE, heldout_seeds
+from controller.model import controller_shape, default_mode
+from controller.pool import MPIPool, ProcessPool, SerialPool, mpi_world, serve_mpi, stop_mpi_workers
+from controller.rollouts import Job, RolloutSpec
+from controller.train import model_fingerprints
+from env.cli import UserError, check_stage_flags, parse_config, run
+from env.files import atomic_write, ensure_dir, stage_record, write_json
+from env.tasks import Task, get_task
+from env.wrappers import make_env
+
+GIF_FRAMES = 500
+"""A recorded episode keeps at most about this many frames (every k-th frame of longer episodes)."""
+
+
+@dataclass
+class EvaluateConfig:
+    """Evaluate a trained controller on fresh episodes of the real env (stage 6)."""
+
+    out: str = field(default="", metadata={"help": "run directory: reads OUT/vae/, OUT/rnn/, OUT/controller/NAME/; writes OUT/eval/"})
+    task: str = field(default="carracing", metadata={"help": "carracing or doom"})
+    name: str = field(default="", metadata={
+        "help": "controller to evaluate, OUT/controller/NAME/best.json; '' = the task's default mode (car zh, Doom zch)"})
+    random: bool = field(default=False, metadata={
+        "help": "play the task's random data-collection policy instead (the baseline; written as eval/random.json)"})
+    episodes: int = field(default=100, metadata={"help": "episodes to play (the paper: 100)"})
+    seed: int = field(default=0, metadata={"help": "offset into the test seed range: episode k plays test seed SEED + k"})
+    max_steps: int = field(default=0, metadata={"help": "episode cap in env steps; 0 = the task's (car 1000, Doom 2100)"})
+    workers: int = field(default=os.cpu_count() or 1, metadata={
+        "help": "worker processes when not under mpirun (under mpirun -np N: N - 1 ranks)"})
+    gif: bool = field(default=False, metadata={"help": "also record the first episode to OUT/eval/NAME.gif"})
+
+
+def write_gif(path: Path, frames: list[np.ndarray], fps: int = 25) -> int:
+    """Write uint8 [H, W, 3] frames as an animated GIF (at most ~GIF_FRAMES of them) → frames written."""
+    from PIL import Image
+
+    step = max(1, -(-len(frames) // GIF_FRAMES))
+    images = [Image.fromarray(np.asarray(f, np.uint8)) for f in frames[::step]]
+    atomic_write(path, lambda f: images[0].save(f, format="GIF", save_all=True, append_images=images[1:],
+                                                duration=int(1000 * step / fps), loop=0))
+    return len(images)
+
+
+def record_episode(spec: RolloutSpec, params: np.ndarray | None, seed: int, path: Path) -> tuple[float, int]:
+    """Replay the episode of `seed` in this process, saving its rendered frames as a GIF → (return, steps)."""
+    task = get_task(spec.task)
+    if spec.random_policy:
+        policy = CollectionPolicy(task)
+    else:
+        policy = Agent.load(Path(spec.run_dir), task, controller_shape(task, spec.mode))
+        policy.set_params(params)
+    env = make_env(task, max_steps=spec.max_steps)
+    frames: list[np.ndarray] = []
+    try:
+        total, steps = play_episode(env, policy, seed, frames)
+    finally:
+        env.close()
+    write_gif(path, frames)
+    return total, steps
+
+
+def resolve(config: EvaluateConfig) -> tuple[Task, RolloutSpec, np.ndarray | None, dict]:
+    """Check flags and load what is evaluated → (task, worker spec, params or None, what was loaded)."""
+    task = get_task(config.task)
+    check_stage_flags(config, ("episodes", "workers"))
+    if config.max_steps < 0:
+        raise UserError(f"--max-steps must be ≥ 0 (0 = the task's cap), got {config.max_steps}")
+    if config.seed < 0 or config.seed + config.episodes > TEST_RANGE:
+        raise UserError(f"--seed plus --episodes must stay within [0, {TEST_RANGE}], got {config.seed} + {config.episodes}")
+    config.max_steps = config.max_steps or task.max_steps
+    run_dir = Path(config.out)
+    if config.random:
+        config.name = config.name or "random"
+        return task, RolloutSpec(str(run_dir), task.name, "", config.max_steps, random_policy=True), None, \
+            {"policy": f"random ({task.collect_policy}, the data-collection policy)"}
+    config.name = config.name or default_mode(task)
+    params_file = run_dir / "controller" / config.name / "best.json"
+    shape, params, record = read_params(params_file, task)
+    models = model_fingerprints(run_dir, task, shape)
+    if record.get("models") != models:
+        raise UserError(f"{params_file}: this controller was trained with another V or M than {run_dir}/vae, "
+                        f"rnn now hold; retrain it (stage 5) or evaluate the run it came from")
+    loaded = {"policy": f"controller {shape.mode} ({shape.n_params} params)", "params_file": str(params_file),
+              "mode": shape.mode, "generation": record.get("generation"), "selection_eval": record.get("evaluation"),
+              "models": models}
+    return task, RolloutSpec(str(run_dir), task.name, shape.mode, config.max_steps), params, loaded
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    comm = mpi_world()
+    if comm is not None and comm.Get_rank() > 0:
+        serve_mpi(comm)
+        return 0
+    pool = None
+    try:
+        config = parse_config(EvaluateConfig, argv)
+        task, spec, params, loaded = resolve(config)
+        eval_dir = ensure_dir(Path(config.out) / "eval")
+        seeds = heldout_seeds(config.seed, config.episodes)
+        if comm is not None:
+            pool = MPIPool(comm, spec)
+        elif config.workers > 1 and config.episodes > 1:
+            pool = ProcessPool(spec, min(config.workers, config.episodes))
+        else:
+            pool = SerialPool(spec)
+        print(f"[stage 6] {task.name}: {loaded['policy']}, {config.episodes} episodes on test seeds "
+              f"{seeds[0]}..{seeds[-1]}, {pool.workers} worker(s)", flush=True)
+        start = time.perf_counter()
+        job_params = None if params is None else params[None]
+        results = pool.map([Job(job_params, np.array([[s]])) for s in seeds])
+        seconds = time.perf_counter() - start
+        returns = np.array([r.returns[0, 0] for r in results])
+        lengths = np.array([int(r.lengths[0, 0]) for r in results])
+        failures = [line for r in results for line in r.failures]
+        done = ~np.isnan(returns)
+        if not done.any():
+            raise RuntimeError("every evaluation episode failed; see the warnings above")
+        mean, std, n = float(returns[done].mean()), float(returns[done].std()), int(done.sum())
+        summary = {"task": task.name, "name": config.name, **loaded, "n": n, "mean": mean, "std": std,
+                   "failed_episodes": len(failures), "seconds": round(seconds, 1),
+                   "episodes": [{"seed": int(s), "return": None if np.isnan(r) else float(r), "length": int(n_)}
+                                for s, r, n_ in zip(seeds, returns, lengths)]}
+        if config.gif:
+            gif_path = eval_dir / f"{config.name}.gif"
+            total, steps = record_episode(spec, params, int(seeds[0]), gif_path)
+            summary["gif"] = {"file": str(gif_path), "seed": int(seeds[0]), "return": total, "length": steps}
+        write_json(eval_dir / f"{config.name}.json", {**stage_record(config), **summary})
+        failed = f", {len(failures)} failed episodes left out" if failures else ""
+        print(f"[stage 6] {task.name} {config.name}: {mean:.1f} ± {std:.1f} (n={n}){failed}; "
+              f"{seconds:.0f} s → {eval_dir / (config.name + '.json')}", flush=True)
+        return 0
+    finally:
+        if comm is not None:
+            pool.close() if pool is not None else stop_mpi_workers(comm)
+        elif pool is not None:
+            pool.close()
+
+
+if __name__ == "__main__":
+    run(main)

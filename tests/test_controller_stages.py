@@ -1,0 +1,235 @@
+"""Stages 5 and 6 on untrained V and M: MPI vs serial, kill and resume, env crashes, evaluation, errors."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from controller import evaluate, rollouts, train
+from controller.es import TEST_BASE, TRAIN_RANGE
+from env.tasks import get_task
+from rnn.model import build_rnn, save_rnn
+from tests.conftest import ROOT
+from vae.model import build_vae, save_vae
+
+CAR = get_task("carracing")
+DOOM = get_task("doom")
+PY = sys.executable
+MPIRUN = os.path.join(os.path.dirname(PY), "mpirun")
+TINY = ["--popsize", "4", "--num-episode", "2", "--max-steps", "15", "--eval-every", "2", "--eval-episodes", "3"]
+
+
+def make_run(out, task, seed=0):
+    """A run directory holding an untrained V and M of `task`, saved as stages 2 and 4 save them."""
+    for stage in ("vae", "rnn"):
+        (out / stage).mkdir(parents=True, exist_ok=True)
+    save_vae(build_vae(task, seed=seed), out / "vae", task)
+    initial = np.random.default_rng(seed).normal(size=(4, task.z_size)).astype(np.float32)
+    save_rnn(build_rnn(task, seed=seed), out / "rnn", task,
+             extra={"initial_z_mu": initial, "initial_z_logvar": np.full_like(initial, -2.0)})
+    for stage in ("vae", "rnn"):
+        (out / stage / "config.json").write_text(json.dumps({"settings": {"task": task.name}}))
+    return out
+
+
+@pytest.fixture(scope="module")
+def car_run(tmp_path_factory):
+    return make_run(tmp_path_factory.mktemp("car"), CAR)
+
+
+def run_module(module, *args, np_=1, timeout=300):
+    command = [PY, "-m", module, *args] if np_ == 1 else [MPIRUN, "-np", str(np_), PY, "-m", module, *args]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def history(out, name="zh"):
+    rows = json.loads((out / "controller" / name / "history.json").read_text())
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+
+def copy_models(src, dst):
+    for stage in ("vae", "rnn"):
+        (dst / stage).mkdir(parents=True)
+        for f in (src / stage).iterdir():
+            (dst / stage / f.name).write_bytes(f.read_bytes())
+    return dst
+
+
+def test_mpirun_np3_killed_and_rerun_gives_the_serial_history(car_run, tmp_path):
+    args = ["--task", "carracing", *TINY, "--generations", "4"]
+    serial = run_module("controller.train", "--out", str(car_run), *args)
+    assert serial.returncode == 0, serial.stderr
+
+    out = copy_models(car_run, tmp_path / "mpi")
+    command = [MPIRUN, "-np", "3", PY, "-m", "controller.train", "--out", str(out), *args]
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    hist = out / "controller" / "zh" / "history.json"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if hist.exists() and len(json.loads(hist.read_text())) >= 2:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    killed_at = len(json.loads(hist.read_text()))
+    assert 2 <= killed_at < 4, "the run finished before it could be killed"
+    rerun = run_module("controller.train", "--out", str(out), *args, np_=3)
+    assert rerun.returncode == 0, rerun.stderr
+    # The kill may land between a generation's files and its checkpoint: that generation is replayed.
+    resumed_at = int(re.search(r"generations (\d+)\.\.4, 2 rollout worker\(s\)", rerun.stdout).group(1))
+    assert 2 <= resumed_at <= killed_at + 1
+
+    serial_hist = history(car_run)[:4]
+    assert history(out) == serial_hist
+    for name in ("evaluations.json", "best.json"):
+        assert (out / "controller" / "zh" / name).read_text() == (car_run / "controller" / "zh" / name).read_text()
+    assert [row["generation"] for row in serial_hist] == [1, 2, 3, 4]
+    best = json.loads((out / "controller" / "zh" / "best.json").read_text())
+    assert best["generation"] in (2, 4) and len(best["params"]) == 867
+
+    again = run_module("controller.train", "--out", str(out), *args, np_=3)
+    assert again.returncode == 0 and "nothing to do" in again.stdout
+
+    # Probe that the rollout process never imported TensorFlow: one more generation, played in this one process.
+    probe = subprocess.run([PY, "-c", "import sys; from controller import train; train.main(sys.argv[1:]); "
+                            "print('TF' if {'tensorflow', 'keras'} & set(sys.modules) else 'numpy only')",
+                            "--out", str(car_run), *args, "--generations", "5"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert probe.returncode == 0, probe.stderr
+    assert probe.stdout.strip().endswith("numpy only")
+
+
+def test_evaluate_plays_heldout_seeds_serially_in_processes_and_under_mpi(car_run, tmp_path):
+    out = copy_models(car_run, tmp_path / "eval")
+    assert train.main(["--out", str(out), "--task", "carracing", *TINY, "--generations", "2"]) == 0
+    flags = ["--out", str(out), "--task", "carracing", "--episodes", "3", "--max-steps", "15"]
+    assert evaluate.main([*flags, "--workers", "1", "--gif", "true"]) == 0
+    serial = json.loads((out / "eval" / "zh.json").read_text())
+    assert evaluate.main([*flags, "--workers", "2"]) == 0
+    parallel = json.loads((out / "eval" / "zh.json").read_text())
+    mpi = run_module("controller.evaluate", *flags, np_=3)
+    assert mpi.returncode == 0, mpi.stderr
+    assert "± " in mpi.stdout and "(n=3)" in mpi.stdout
+    under_mpi = json.loads((out / "eval" / "zh.json").read_text())
+
+    returns = [e["return"] for e in serial["episodes"]]
+    assert serial["n"] == 3 and serial["mean"] == pytest.approx(np.mean(returns))
+    assert serial["std"] == pytest.approx(np.std(returns))
+    assert parallel["episodes"] == serial["episodes"] == under_mpi["episodes"]
+    assert all(e["seed"] >= TEST_BASE and e["length"] == 15 for e in serial["episodes"])
+    assert serial["params_file"].endswith("controller/zh/best.json") and serial["generation"] == 2
+    assert serial["settings"]["episodes"] == 3 and serial["commit"]
+    assert serial["gif"]["return"] == returns[0] and (out / "eval" / "zh.gif").stat().st_size > 1000
+
+    assert evaluate.main([*flags, "--random", "true", "--workers", "1"]) == 0
+    random = json.loads((out / "eval" / "random.json").read_text())
+    assert random["policy"].startswith("random") and random["n"] == 3
+
+
+class CrashingEnv:
+    """Wraps a real env; raises inside `step` on chosen seeds (on every attempt, or on the first only)."""
+
+    def __init__(self, env, crash_seeds, attempts):
+        self.env, self.crash_seeds, self.attempts = env, crash_seeds, attempts
+        self.seed = None
+
+    def reset(self, seed=None, options=None):
+        self.seed = seed
+        if seed in self.crash_seeds:
+            self.attempts[seed] = self.attempts.get(seed, 0) + 1
+        return self.env.reset(seed=seed)
+
+    def step(self, action):
+        if self.seed in self.crash_seeds and (self.crash_seeds[self.seed] == "always" or self.attempts[self.seed] == 1):
+            raise RuntimeError("simulated env crash")
+        return self.env.step(action)
+
+    def render(self):
+        return self.env.render()
+
+    def close(self):
+        self.env.close()
+
+
+def test_a_crashing_episode_is_retried_once_then_scored_failed(car_run, monkeypatch, capsys):
+    spec = rollouts.RolloutSpec(str(car_run), "carracing", "zh", 15)
+    params = np.zeros((1, 867))
+    clean = rollouts.Rollouts(spec).run(rollouts.Job(params, np.array([[11, 12, 13]])))
+    attempts = {}
+    real_make_env = rollouts.make_env
+    monkeypatch.setattr(rollouts, "make_env", lambda task, max_steps: CrashingEnv(
+        real_make_env(task, max_steps=max_steps), {11: "once", 12: "always"}, attempts))
+    result = rollouts.Rollouts(spec).run(rollouts.Job(params, np.array([[11, 12, 13]])))
+    assert attempts == {11: 2, 12: 2}
+    assert result.returns[0, 0] == clean.returns[0, 0] and result.lengths[0, 0] == 15
+    assert np.isnan(result.returns[0, 1]) and result.lengths[0, 1] == 0
+    assert result.returns[0, 2] == clean.returns[0, 2]
+    assert len(result.failures) == 1 and "seed 12" in result.failures[0]
+    err = capsys.readouterr().err
+    assert "retrying once" in err and "scored as failed" in err
+
+    returns, failed = train.fill_failed(np.array([[1.0, np.nan], [3.0, -2.0]]))
+    assert failed == 1 and returns[0, 1] == -2.0
+
+
+def test_training_continues_past_a_failed_episode(car_run, tmp_path, monkeypatch, capsys):
+    out = copy_models(car_run, tmp_path / "crash")
+    seeds = train.training_seeds(0, 1, 4, 2, True)
+    real_make_env = rollouts.make_env
+    monkeypatch.setattr(rollouts, "make_env", lambda task, max_steps: CrashingEnv(
+        real_make_env(task, max_steps=max_steps), {int(seeds[0, 0]): "always"}, {}))
+    assert train.main(["--out", str(out), "--task", "carracing", *TINY, "--generations", "2"]) == 0
+    rows = history(out)
+    assert [r["failed_episodes"] for r in rows] == [2, 0]  # the seed is shared by candidates 0 and 2
+    assert "2 FAILED episodes" in capsys.readouterr().out
+    assert seeds.max() < TRAIN_RANGE
+
+
+def test_doom_controller_trains_and_plays_the_real_game(tmp_path):
+    out = make_run(tmp_path, DOOM)
+    flags = ["--out", str(out), "--task", "doom", "--max-steps", "30"]
+    assert train.main([*flags, "--popsize", "2", "--num-episode", "1", "--generations", "1",
+                       "--eval-episodes", "1"]) == 0
+    assert evaluate.main([*flags, "--episodes", "2", "--workers", "1"]) == 0
+    result = json.loads((out / "eval" / "zch.json").read_text())
+    assert result["n"] == 2 and all(1 <= e["length"] <= 30 for e in result["episodes"])
+    assert all(e["return"] == e["length"] for e in result["episodes"])  # +1 per tic alive
+
+
+def test_user_errors_are_one_line_with_exit_2(car_run, tmp_path):
+    trained = copy_models(car_run, tmp_path / "trained")
+    assert train.main(["--out", str(trained), "--task", "carracing", *TINY, "--generations", "1"]) == 0
+    doom_run = tmp_path / "doom"
+    (doom_run / "vae").mkdir(parents=True)
+    (doom_run / "vae" / "weights.npz").write_bytes((car_run / "vae" / "weights.npz").read_bytes())
+    cases = [
+        ("controller.evaluate", ["--out", str(tmp_path / "none")], "best.json: missing (run stage 5"),
+        ("controller.train", ["--out", str(tmp_path / "none")], "weights.npz: missing (run stage 2"),
+        ("controller.train", ["--out", str(doom_run), "--task", "doom"], "trained for 'carracing', not 'doom'"),
+        ("controller.train", ["--out", str(car_run), "--mode", "zzz"], "unknown controller mode"),
+        ("controller.train", ["--out", str(car_run), "--popsize", "1"], "--popsize must be at least 2"),
+        ("controller.train", ["--out", str(trained), *TINY, "--generations", "9", "--seed", "5"],
+         "--seed=0 (now 5)"),
+    ]
+    for module, args, message in cases:
+        result = run_module(module, *args)
+        assert result.returncode == 2, (module, args, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], lines
+    under_mpi = run_module("controller.train", "--out", str(tmp_path / "none"), np_=2, timeout=60)
+    assert under_mpi.returncode != 0 and "weights.npz: missing" in under_mpi.stderr
+
+    other = copy_models(car_run, tmp_path / "other")
+    (other / "vae" / "vae.keras").unlink()
+    save_vae(build_vae(CAR, seed=9), other / "vae", CAR)
+    (other / "controller" / "zh").mkdir(parents=True)
+    (other / "controller" / "zh" / "best.json").write_text((trained / "controller" / "zh" / "best.json").read_text())
+    result = run_module("controller.evaluate", "--out", str(other))
+    assert result.returncode == 2 and "trained with another V or M" in result.stderr
