@@ -11,6 +11,7 @@ length 0) with a warning, and the trainer substitutes the generation's worst ret
 
 from __future__ import annotations
 
+import resource
 import sys
 import traceback
 from dataclasses import dataclass, field
@@ -47,11 +48,18 @@ class Job:
 
 @dataclass
 class JobResult:
-    """returns float64 [k, E] (NaN = failed episode), lengths int64 [k, E], one line per failure."""
+    """returns float64 [k, E] (NaN = failed episode), lengths int64 [k, E], one line per failure, and the
+    worker process's peak resident memory so far (MB)."""
 
     returns: np.ndarray
     lengths: np.ndarray
     failures: list[str] = field(default_factory=list)
+    peak_rss_mb: float = 0.0
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size in MB (Linux reports ru_maxrss in KB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 class Rollouts:
@@ -110,7 +118,7 @@ class Rollouts:
                 returns[i, e], lengths[i, e], why = self.episode(int(seeds[i, e]))
                 if why:
                     failures.append(why)
-        return JobResult(returns, lengths, failures)
+        return JobResult(returns, lengths, failures, peak_rss_mb())
 
     def close(self) -> None:
         self._rebuild_env()

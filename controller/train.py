@@ -167,13 +167,13 @@ def model_fingerprints(run_dir: Path, task: Task, shape: ControllerShape) -> dic
 
 
 def generation_row(state: SearchState, fitness: np.ndarray, lengths: np.ndarray, failures: int,
-                   seconds: float) -> dict[str, Any]:
-    """The original's hist.json row, with named fields."""
+                   seconds: float, worker_rss_mb: float) -> dict[str, Any]:
+    """The original's hist.json row with named fields, plus failed episodes and the largest worker's peak RSS."""
     return {"generation": state.generation + 1, "seconds": round(state.seconds + seconds, 2),
             "fitness_mean": float(fitness.mean()), "fitness_min": float(fitness.min()),
             "fitness_max": float(fitness.max()), "fitness_std": float(fitness.std()),
             "sigma": state.es.sigma, "length_mean": float(lengths.mean()), "length_max": int(lengths.max()),
-            "failed_episodes": failures}
+            "failed_episodes": failures, "worker_peak_rss_mb": round(worker_rss_mb, 1)}
 
 
 def progress_line(config: TrainConfig, state: SearchState, row: dict[str, Any], seconds: float) -> str:
@@ -199,6 +199,7 @@ def train(config: TrainConfig, shape: ControllerShape, pool, out_dir: Path, stat
         seeds = training_seeds(config.seed, generation, config.popsize, config.num_episode, config.antithetic)
         results = pool.map([Job(solutions[i:i + 1], seeds[i:i + 1]) for i in range(config.popsize)])
         returns, lengths, failures = collect(results)
+        worker_rss = max(r.peak_rss_mb for r in results)
         fitness = returns.mean(axis=1)
         state.es.tell(fitness)
         if generation % config.eval_every == 0 or generation == config.generations:
@@ -213,7 +214,7 @@ def train(config: TrainConfig, shape: ControllerShape, pool, out_dir: Path, stat
                              evaluation=evaluation, models=state.models)
             write_json(out_dir / "evaluations.json", state.evaluations)
         seconds = time.perf_counter() - start
-        row = generation_row(state, fitness, lengths, failures, seconds)
+        row = generation_row(state, fitness, lengths, failures, seconds, worker_rss)
         state.history.append(row)
         state.generation = generation
         state.seconds += seconds

@@ -50,7 +50,7 @@ def run_module(module, *args, np_=1, timeout=300):
 
 def history(out, name="zh"):
     rows = json.loads((out / "controller" / name / "history.json").read_text())
-    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+    return [{k: v for k, v in row.items() if k not in ("seconds", "worker_peak_rss_mb")} for row in rows]
 
 
 def copy_models(src, dst):
