@@ -19,7 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
-from controller.model import Controller, ControllerShape
+from controller.model import Controller, ControllerShape, features
 from env.policies import controller_to_env_action, make_collection_policy
 from env.tasks import Task
 from rnn.twin import RNNTwin
@@ -70,15 +70,10 @@ class Agent:
             self.h, self.c = self.rnn.initial_state(1)
         self.restart = 1.0
 
-    def features(self, z: np.ndarray) -> np.ndarray:
-        """z: float32 [1, z] → C's input [1, in]: z with M's current (pre-z_t) c and/or h, in mode order."""
-        parts = {"z": z, "h": self.h, "c": self.c}
-        return np.concatenate([parts[name] for name in self.shape.features], axis=1)
-
     def act(self, obs: np.ndarray) -> np.ndarray:
         """obs: uint8 [64, 64, 3] → env action float32 [action_dim]; M then consumes (z_t, a_t)."""
         z = self.encoder.sample(obs[None], self.rng)
-        y = self.controller(self.features(z))[0]
+        y = self.controller(features(self.shape, z, self.h, self.c))[0]
         action = controller_to_env_action(self.task, y)
         if self.rnn is not None:
             x = [z, action[None]]

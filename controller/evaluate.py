@@ -101,7 +101,7 @@ def resolve(config: EvaluateConfig) -> tuple[Task, RolloutSpec, np.ndarray | Non
     config.name = config.name or default_mode(task)
     params_file = run_dir / "controller" / config.name / "best.json"
     shape, params, record = read_params(params_file, task)
-    models = model_fingerprints(run_dir, task, shape)
+    models = model_fingerprints(run_dir, task, shape.uses_m or "rnn" in (record.get("models") or {}))
     if record.get("models") != models:
         raise UserError(f"{params_file}: this controller was trained with another V or M than {run_dir}/vae, "
                         f"rnn now hold; retrain it (stage 5) or evaluate the run it came from")

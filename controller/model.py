@@ -124,6 +124,39 @@ class ModelConfig:
     mode: str = field(default="", metadata={"help": f"one of {', '.join(MODES)}; '' = the task's (car zh, Doom zch)"})
 
 
+class BatchController:
+    """k controllers at once, for rows that each belong to one of them: float32 weights [k, ...].
+    `__call__(features [B, in], which [B])` → tanh outputs float32 [B, out] of controller which[b]."""
+
+    def __init__(self, shape: ControllerShape, params: np.ndarray):
+        params = np.asarray(params, dtype=np.float64)
+        if params.ndim != 2 or params.shape[1] != shape.n_params:
+            raise ValueError(f"expected params [k, {shape.n_params}], got shape {params.shape}")
+        self.shape = shape
+        nets = [Controller(shape, p) for p in params]
+        self.layers = []
+        for i in range(len(shape.layers)):
+            weight = np.stack([net.layers[i][0] for net in nets]).astype(np.float32)
+            bias = np.stack([net.layers[i][1] for net in nets]).astype(np.float32) if shape.bias else None
+            self.layers.append((weight, bias))
+
+    def __call__(self, features: np.ndarray, which: np.ndarray) -> np.ndarray:
+        x = np.asarray(features, np.float32)
+        for weight, bias in self.layers:
+            x = np.einsum("bi,bio->bo", x, weight[which])
+            if bias is not None:
+                x += bias[which]
+            x = np.tanh(x)
+        return x
+
+
+def features(shape: ControllerShape, z: np.ndarray, h: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """C's input, the same in the real env and the dream: z [B, z] with M's state h, c [B, units]
+    concatenated in the mode's order (car zh: [z, h]; Doom zch: [z, c, h]) → [B, in]."""
+    parts = {"z": z, "h": h, "c": c}
+    return np.concatenate([parts[name] for name in shape.features], axis=1)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_config(ModelConfig, argv)
     shape = controller_shape(get_task(args.task), args.mode)

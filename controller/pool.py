@@ -18,7 +18,7 @@ import traceback
 from collections import deque
 from typing import Any, Sequence
 
-from controller.rollouts import Job, JobResult, Rollouts, RolloutSpec
+from controller.rollouts import Job, JobResult, RolloutSpec, Worker
 
 TAG_SPEC, TAG_JOB, TAG_RESULT, TAG_STOP = 1, 2, 3, 4
 POLL_SECONDS = (0.0005, 0.02)
@@ -51,7 +51,7 @@ def _poll_recv(comm, source: int | None, tag: int | None) -> tuple[Any, int, int
     return message, status.Get_source(), status.Get_tag()
 
 
-def _run_job(rollouts: Rollouts | None, failure: str, job: Job) -> tuple[str, Any]:
+def _run_job(rollouts: Worker | None, failure: str, job: Job) -> tuple[str, Any]:
     if rollouts is None:
         return "error", failure
     try:
@@ -60,9 +60,9 @@ def _run_job(rollouts: Rollouts | None, failure: str, job: Job) -> tuple[str, An
         return "error", traceback.format_exc()
 
 
-def _build(spec: RolloutSpec) -> tuple[Rollouts | None, str]:
+def _build(spec: RolloutSpec) -> tuple[Worker | None, str]:
     try:
-        return Rollouts(spec), ""
+        return Worker(spec), ""
     except BaseException:
         return None, traceback.format_exc()
 
@@ -73,7 +73,7 @@ class SerialPool:
     workers = 1
 
     def __init__(self, spec: RolloutSpec):
-        self.rollouts = Rollouts(spec)
+        self.rollouts = Worker(spec)
 
     def map(self, jobs: Sequence[Job]) -> list[JobResult]:
         return [self.rollouts.run(job) for job in jobs]

@@ -11,6 +11,7 @@ length 0) with a warning, and the trainer substitutes the generation's worst ret
 
 from __future__ import annotations
 
+import dataclasses
 import resource
 import sys
 import traceback
@@ -20,9 +21,12 @@ from pathlib import Path
 import numpy as np
 
 from controller.agent import Agent, CollectionPolicy, Policy, play_episode
-from controller.model import controller_shape
+from controller.model import BatchController, controller_shape, features
+from env.policies import controller_to_env_action
 from env.tasks import get_task
 from env.wrappers import make_env
+from rnn.dream import DreamBatch
+from rnn.twin import RNNTwin
 
 
 @dataclass(frozen=True)
@@ -36,14 +40,20 @@ class RolloutSpec:
     """Episode cap in env steps (the task's cap unless a run shortens it)."""
     random_policy: bool = False
     """Play the task's data-collection policy instead of C (the random baseline)."""
+    env: str = "real"
+    """'real': the task's environment; 'dream': M as the environment (rnn/dream.py)."""
+    tau: float = 1.15
+    """The dream's temperature."""
 
 
 @dataclass
 class Job:
-    """k candidates' episodes: params float64 [k, n_params] (ignored for the random policy), seeds int64 [k, E]."""
+    """k candidates' episodes: params float64 [k, n_params] (ignored for the random policy), seeds int64 [k, E],
+    played in `env` ('' = the spec's; 'real' or 'dream')."""
 
     params: np.ndarray
     seeds: np.ndarray
+    env: str = ""
 
 
 @dataclass
@@ -122,3 +132,52 @@ class Rollouts:
 
     def close(self) -> None:
         self._rebuild_env()
+
+
+class DreamRollouts:
+    """A worker's M; `run(job)` plays all of a job's episodes in M's dream as one vectorised batch."""
+
+    def __init__(self, spec: RolloutSpec):
+        self.spec = spec
+        self.task = get_task(spec.task)
+        self.shape = controller_shape(self.task, spec.mode)
+        self.rnn = RNNTwin.load(Path(spec.run_dir) / "rnn", self.task)
+
+    def run(self, job: Job) -> JobResult:
+        """Every (candidate, seed) episode of `job`, stepped together until the last one ends."""
+        seeds = np.asarray(job.seeds, dtype=np.int64)
+        k, episodes = seeds.shape
+        controllers = BatchController(self.shape, job.params)
+        which = np.repeat(np.arange(k), episodes)
+        dream = DreamBatch(self.rnn, seeds.reshape(-1), self.spec.tau, self.spec.max_steps)
+        while not dream.done:
+            y = controllers(features(self.shape, dream.z, dream.h, dream.c), which[dream.active])
+            dream.step(controller_to_env_action(self.task, y))
+        return JobResult(dream.returns.reshape(k, episodes), dream.lengths.reshape(k, episodes), [], peak_rss_mb())
+
+    def close(self) -> None:
+        pass
+
+
+def make_rollouts(spec: RolloutSpec) -> Rollouts | DreamRollouts:
+    """Real-env episodes one by one, or dream episodes as one batch, as `spec.env` says."""
+    return DreamRollouts(spec) if spec.env == "dream" else Rollouts(spec)
+
+
+class Worker:
+    """What a worker process holds: the spec's rollouts, and the other env's, built on a job's first request
+    (a dream-trained controller evaluated in the real env)."""
+
+    def __init__(self, spec: RolloutSpec):
+        self.spec = spec
+        self.rollouts = {spec.env: make_rollouts(spec)}
+
+    def run(self, job: Job) -> JobResult:
+        env = job.env or self.spec.env
+        if env not in self.rollouts:
+            self.rollouts[env] = make_rollouts(dataclasses.replace(self.spec, env=env))
+        return self.rollouts[env].run(job)
+
+    def close(self) -> None:
+        for rollouts in self.rollouts.values():
+            rollouts.close()

@@ -61,6 +61,11 @@ class TrainConfig:
     eval_episodes: int = field(default=1024, metadata={
         "help": "episodes of each evaluation, on a fixed seed set (original: 64 x 16 = 1,024)"})
     max_steps: int = field(default=0, metadata={"help": "episode cap in env steps; 0 = the task's (car 1000, Doom 2100)"})
+    env: str = field(default="", metadata={
+        "help": "where C trains: 'real' env or M's 'dream'; '' = the task's (car real, Doom dream, as the original)"})
+    tau: float = field(default=1.15, metadata={"help": "the dream's temperature (the paper's Doom agent: 1.15)"})
+    eval_env: str = field(default="", metadata={
+        "help": "where the mean is evaluated every --eval-every generations; '' = where it trains (as the original)"})
     sigma_init: float = field(default=0.1, metadata={"help": "CMA-ES initial step size (original: 0.1)"})
     weight_decay: float = field(default=0.01, metadata={
         "help": "L2 coefficient on mean(θ²), a penalty (original: 0.01 with the sign flipped, see README)"})
@@ -86,10 +91,20 @@ def collect(results: Sequence[JobResult]) -> tuple[np.ndarray, np.ndarray, int]:
     return returns, lengths, failures
 
 
-def evaluate_mean(pool, params: np.ndarray, episodes: int, per_job: int) -> np.ndarray:
+def split_jobs(params: np.ndarray, seeds: np.ndarray, env: str, workers: int) -> list[Job]:
+    """Candidates params [k, P] with seeds [k, E] → jobs: one per candidate in the real env (episodes are
+    played one by one anyway); in the dream one per worker, each a vectorised batch of its share."""
+    if env == "dream":
+        return [Job(params[i], seeds[i], env) for i in np.array_split(np.arange(len(params)), workers) if len(i)]
+    return [Job(params[i:i + 1], seeds[i:i + 1], env) for i in range(len(params))]
+
+
+def evaluate_mean(pool, params: np.ndarray, episodes: int, per_job: int, env: str) -> np.ndarray:
     """The distribution mean's returns on the fixed selection seeds → float64 [episodes]."""
-    chunks = np.array_split(selection_seeds(episodes), max(1, -(-episodes // per_job)))
-    results = pool.map([Job(params[None], chunk[None]) for chunk in chunks])
+    seeds = selection_seeds(episodes)
+    parts = pool.workers if env == "dream" else max(1, -(-episodes // per_job))
+    chunks = [c for c in np.array_split(seeds, parts) if len(c)]
+    results = pool.map([Job(params[None], chunk[None], env) for chunk in chunks])
     returns, _ = fill_failed(np.concatenate([r.returns.reshape(-1) for r in results]))
     return returns
 
@@ -156,11 +171,20 @@ def check_resume(state: SearchState, config: TrainConfig, models: dict[str, str]
                         f"delete {ckpt.parent} to train afresh")
 
 
-def model_fingerprints(run_dir: Path, task: Task, shape: ControllerShape) -> dict[str, str]:
-    """Check V (and M when C reads it) load for `task`; return their fingerprints."""
+def check_dream(run_dir: Path, task: Task) -> None:
+    """A UserError unless M can be a dream env for `task`: it predicts done and holds initial_z."""
+    weights = load_rnn_weights(run_dir / "rnn", task)
+    if not task.rnn_predicts_done:
+        raise UserError(f"{task.name}'s M predicts no done flag, so it cannot be a dream env; use --env real")
+    if "initial_z_mu" not in weights:
+        raise UserError(f"{run_dir / 'rnn' / 'weights.npz'}: no initial_z (rerun stage 4, rnn.train)")
+
+
+def model_fingerprints(run_dir: Path, task: Task, needs_m: bool) -> dict[str, str]:
+    """Check V (and M when `needs_m`) load for `task`; return their fingerprints."""
     load_vae_weights(run_dir / "vae", task)
     models = {"vae": vae_fingerprint(run_dir / "vae")}
-    if shape.uses_m:
+    if needs_m:
         load_rnn_weights(run_dir / "rnn", task)
         models["rnn"] = rnn_fingerprint(run_dir / "rnn")
     return models
@@ -191,20 +215,21 @@ def train(config: TrainConfig, shape: ControllerShape, pool, out_dir: Path, stat
           on_generation: Callable[[SearchState], None] | None = None) -> SearchState:
     """Run generations until `config.generations`, writing every file and the checkpoint after each."""
     last_plot = 0.0
-    title = f"{config.task} {shape.mode} controller, CMA-ES {config.popsize} x {config.num_episode} episodes"
+    where = f"in M's dream, τ = {config.tau:g}" if config.env == "dream" else "in the real env"
+    title = f"{config.task} {shape.mode} controller {where}, CMA-ES {config.popsize} x {config.num_episode} episodes"
     while state.generation < config.generations:
         start = time.perf_counter()
         generation = state.generation + 1
         solutions = state.es.ask()
         seeds = training_seeds(config.seed, generation, config.popsize, config.num_episode, config.antithetic)
-        results = pool.map([Job(solutions[i:i + 1], seeds[i:i + 1]) for i in range(config.popsize)])
+        results = pool.map(split_jobs(solutions, seeds, config.env, pool.workers))
         returns, lengths, failures = collect(results)
         worker_rss = max(r.peak_rss_mb for r in results)
         fitness = returns.mean(axis=1)
         state.es.tell(fitness)
         if generation % config.eval_every == 0 or generation == config.generations:
             mean = state.es.mean
-            eval_returns = evaluate_mean(pool, mean, config.eval_episodes, config.num_episode)
+            eval_returns = evaluate_mean(pool, mean, config.eval_episodes, config.num_episode, config.eval_env)
             evaluation = {"generation": generation, "mean": float(eval_returns.mean()),
                           "std": float(eval_returns.std()), "episodes": int(eval_returns.size)}
             state.evaluations.append(evaluation)
@@ -244,8 +269,17 @@ def prepare(config: TrainConfig) -> tuple[Task, ControllerShape, Path, SearchSta
     config.mode = shape.mode
     config.name = config.name or shape.mode
     config.max_steps = config.max_steps or task.max_steps
+    config.env = config.env or task.controller_trained_in
+    config.eval_env = config.eval_env or config.env
+    for flag, value in (("env", config.env), ("eval-env", config.eval_env)):
+        if value not in ("real", "dream"):
+            raise UserError(f"--{flag} must be 'real' or 'dream', got {value!r}")
+    if config.tau <= 0:
+        raise UserError(f"--tau must be positive, got {config.tau}")
     run_dir = Path(config.out)
-    models = model_fingerprints(run_dir, task, shape)
+    if "dream" in (config.env, config.eval_env):
+        check_dream(run_dir, task)
+    models = model_fingerprints(run_dir, task, shape.uses_m or "dream" in (config.env, config.eval_env))
     out_dir = ensure_dir(run_dir / "controller" / config.name)
     ckpt = out_dir / CHECKPOINT
     if ckpt.exists():
@@ -257,7 +291,7 @@ def prepare(config: TrainConfig) -> tuple[Task, ControllerShape, Path, SearchSta
         np.random.seed(config.seed)
         es = CMAES(shape.n_params, config.sigma_init, config.popsize, config.weight_decay, config.seed)
         state = SearchState(0, es, [], [], None, 0.0, dataclasses.asdict(config), models)
-    spec = RolloutSpec(str(run_dir), task.name, shape.mode, config.max_steps)
+    spec = RolloutSpec(str(run_dir), task.name, shape.mode, config.max_steps, env=config.env, tau=config.tau)
     return task, shape, out_dir, state, spec
 
 
@@ -276,7 +310,8 @@ def main(argv: Sequence[str] | None = None, on_generation: Callable[[SearchState
             return 0
         write_json(out_dir / "config.json", stage_record(config, models=state.models, n_params=shape.n_params))
         pool = MPIPool(comm, spec) if comm is not None else SerialPool(spec)
-        print(f"[stage 5] {task.name}: {shape.mode} controller ({shape.n_params:,} params), CMA-ES population "
+        where = f"in M's dream at τ = {config.tau:g}" if config.env == "dream" else "in the real env"
+        print(f"[stage 5] {task.name}: {shape.mode} controller ({shape.n_params:,} params) {where}, CMA-ES population "
               f"{config.popsize} x {config.num_episode} episodes, generations {state.generation + 1}.."
               f"{config.generations}, {pool.workers} rollout worker(s) → {out_dir}", flush=True)
         state = train(config, shape, pool, out_dir, state, on_generation)

@@ -16,15 +16,16 @@ Policy = Callable[[int], np.ndarray]
 
 
 def controller_to_env_action(task: Task, y: np.ndarray) -> np.ndarray:
-    """C's tanh outputs y: float [action_dim] → the action the env takes and the episode files store.
+    """C's tanh outputs y: float [..., action_dim] → the action the env takes and the episode files store,
+    float32 [..., action_dim].
 
     Car: steer = y0, gas = (y1 + 1) / 2, brake = clip(y2, 0, 1). Doom: a = y0 (the env thresholds it).
     """
     y = np.asarray(y, dtype=np.float32)
     if task.action_mapping == "car":
-        return np.array([y[0], (y[1] + 1.0) / 2.0, np.clip(y[2], 0.0, 1.0)], dtype=np.float32)
+        return np.stack([y[..., 0], (y[..., 1] + 1.0) / 2.0, np.clip(y[..., 2], 0.0, 1.0)], axis=-1)
     if task.action_mapping == "left_right":
-        return y.reshape(1).astype(np.float32)
+        return y.copy()
     raise ValueError(f"unknown action mapping {task.action_mapping!r}")
 
 

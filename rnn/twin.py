@@ -87,12 +87,18 @@ class RNNTwin:
 def sample_z(params: MixtureParams, tau: float, rng: np.random.Generator) -> np.ndarray:
     """Temperature sampling as the original: per latent dimension, one component drawn from
     softmax(logits / τ) by inverse CDF, then z = μ_k + exp(logstd_k) · √τ · ε. → float32 [B, z]."""
+    shape = params.mu.shape[:-1]
+    return sample_z_from(params, tau, rng.random(shape), rng.standard_normal(shape))
+
+
+def sample_z_from(params: MixtureParams, tau: float, u: np.ndarray, eps: np.ndarray) -> np.ndarray:
+    """`sample_z` with its randomness given: u ~ U(0, 1) picks each dimension's component, eps ~ N(0, 1)
+    its Gaussian draw; both [B, z]. → float32 [B, z]."""
     logits = params.logits / max(tau, 1e-8)
     logits = logits - logits.max(axis=-1, keepdims=True)
     probs = np.exp(logits)
     cdf = np.cumsum(probs / probs.sum(axis=-1, keepdims=True), axis=-1)
-    u = rng.random(cdf.shape[:-1])[..., None]
-    k = np.minimum((cdf < u).sum(axis=-1), MIXTURES - 1)[..., None]
+    k = np.minimum((cdf < u[..., None]).sum(axis=-1), MIXTURES - 1)[..., None]
     mean = np.take_along_axis(params.mu, k, axis=-1)[..., 0]
     std = np.exp(np.take_along_axis(params.logstd, k, axis=-1)[..., 0]) * np.sqrt(tau)
-    return (mean + std * rng.standard_normal(mean.shape)).astype(np.float32)
+    return (mean + std * eps).astype(np.float32)
