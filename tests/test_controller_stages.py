@@ -192,12 +192,27 @@ def test_training_continues_past_a_failed_episode(car_run, tmp_path, monkeypatch
     assert seeds.max() < TRAIN_RANGE
 
 
-def test_doom_controller_trains_and_plays_the_real_game(tmp_path):
-    out = make_run(tmp_path, DOOM)
-    flags = ["--out", str(out), "--task", "doom", "--max-steps", "30"]
-    assert train.main([*flags, "--popsize", "2", "--num-episode", "1", "--generations", "1",
-                       "--eval-episodes", "1"]) == 0
-    assert evaluate.main([*flags, "--episodes", "2", "--workers", "1"]) == 0
+def test_doom_trains_in_the_dream_by_default_the_same_under_mpi_and_plays_the_real_game(tmp_path):
+    out = make_run(tmp_path / "serial", DOOM)
+    args = ["--task", "doom", "--popsize", "6", "--num-episode", "3", "--generations", "2", "--eval-every", "1",
+            "--eval-episodes", "4", "--max-steps", "60"]
+    assert train.main(["--out", str(out), *args]) == 0
+    config = json.loads((out / "controller" / "zch" / "config.json").read_text())
+    assert config["settings"]["env"] == "dream" and config["settings"]["tau"] == 1.15
+    rows = history(out, "zch")
+    assert all(1 <= r["length_mean"] <= 60 for r in rows)
+    mpi = copy_models(out, tmp_path / "mpi")
+    result = run_module("controller.train", "--out", str(mpi), *args, np_=3)
+    assert result.returncode == 0, result.stderr
+    assert history(mpi, "zch") == rows  # two workers, each a vectorised batch of half the population
+
+    real_eval = run_module("controller.train", "--out", str(out), *args, "--eval-env", "real", "--name", "r")
+    assert real_eval.returncode == 0, real_eval.stderr
+    evaluations = json.loads((out / "controller" / "r" / "evaluations.json").read_text())
+    assert len(evaluations) == 2 and all(e["episodes"] == 4 for e in evaluations)
+
+    assert evaluate.main(["--out", str(out), "--task", "doom", "--max-steps", "30", "--episodes", "2",
+                          "--workers", "1"]) == 0
     result = json.loads((out / "eval" / "zch.json").read_text())
     assert result["n"] == 2 and all(1 <= e["length"] <= 30 for e in result["episodes"])
     assert all(e["return"] == e["length"] for e in result["episodes"])  # +1 per tic alive

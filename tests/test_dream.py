@@ -1,0 +1,138 @@
+"""The dream env: starts, ends, per-episode randomness, and the controller's view, against step-by-step references."""
+
+import numpy as np
+import pytest
+
+from controller.model import BatchController, Controller, controller_shape, features
+from controller.rollouts import DreamRollouts, Job, RolloutSpec
+from env.tasks import get_task
+from rnn.dream import DreamBatch
+from rnn.twin import RNNTwin, sample_z, sample_z_from
+
+DOOM = get_task("doom")
+
+
+def doom_m(seed=0, done_bias=-4.0, initial_logvar=-2.0, starts=5):
+    """A random Doom M (twin weights of the exported shapes); its done logit swings around done_bias so
+    that episodes end after a few to a few hundred steps."""
+    rng = np.random.default_rng(seed)
+    u, n_in, n_out = DOOM.rnn_units, DOOM.z_size + 2, DOOM.z_size * 15 + 1
+    w = {"lstm.kernel": rng.normal(0, 0.1, (n_in, 4 * u)), "lstm.recurrent_kernel": rng.normal(0, 0.05, (u, 4 * u)),
+         "lstm.bias": rng.normal(0, 0.1, 4 * u), "mdn.kernel": rng.normal(0, 0.05, (u, n_out)),
+         "mdn.bias": rng.normal(0, 0.1, n_out)}
+    w["mdn.kernel"][:, 0] *= 10.0
+    w["mdn.bias"][0] = done_bias
+    w = {k: v.astype(np.float32) for k, v in w.items()}
+    w["initial_z_mu"] = rng.normal(0, 1, (starts, DOOM.z_size)).astype(np.float32)
+    w["initial_z_logvar"] = np.full((starts, DOOM.z_size), initial_logvar, np.float32)
+    return RNNTwin(w, DOOM)
+
+
+def play(rnn, seeds, tau=1.15, max_steps=2100, action=0.3):
+    """Step a DreamBatch with a constant action, recording each step's running rows → (dream, trace)."""
+    dream = DreamBatch(rnn, np.asarray(seeds), tau, max_steps)
+    trace = []
+    while not dream.done:
+        trace.append({int(b): (dream.z[i].copy(), dream.h[i].copy(), dream.c[i].copy())
+                      for i, b in enumerate(dream.active)})
+        dream.step(np.full((len(dream.active), 1), action, np.float32))
+    return dream, trace
+
+
+def test_episodes_start_from_initial_z_only():
+    rnn = doom_m(initial_logvar=-60.0)
+    dream = DreamBatch(rnn, np.arange(40), 1.0, 2100)
+    mu = rnn.initial_z[0]
+    matches = [np.flatnonzero(np.all(mu == z, axis=1)) for z in dream.z]
+    assert all(len(m) == 1 for m in matches)
+    assert len({int(m[0]) for m in matches}) == 5  # every recorded start is used, nothing else
+    assert not dream.h.any() and not dream.c.any() and (dream.restart == 1).all()
+
+
+def test_done_is_the_logit_threshold_and_the_cap():
+    rnn = doom_m(done_bias=0.01)
+    rnn.head_kernel[:, 0] = 0.0  # done logit = bias exactly: p(done) = 0.5025
+    dream, _ = play(rnn, np.arange(50))
+    assert (dream.lengths == 1).all()  # a threshold, not a coin flip: every episode ends at once
+    never = doom_m(done_bias=-0.01)
+    never.head_kernel[:, 0] = 0.0
+    dream, _ = play(never, [0])
+    assert (dream.lengths == 2100).all() and (dream.returns == 2100.0).all()
+    dream, _ = play(never, np.arange(3), max_steps=40)
+    assert (dream.lengths == 40).all()
+
+
+def test_a_batch_gives_each_episodes_own_trajectory_and_finished_ones_leave():
+    rnn = doom_m()
+    seeds = np.arange(100, 108)
+    batch, batch_trace = play(rnn, seeds, max_steps=300)
+    assert len(set(batch.lengths.tolist())) > 3 and batch.lengths.min() < 300
+    for b, seed in enumerate(seeds):
+        alone, alone_trace = play(rnn, [seed], max_steps=300)
+        assert alone.lengths[0] == batch.lengths[b]
+        for t in range(alone.lengths[0]):
+            for got, want in zip(batch_trace[t][b], alone_trace[t][0]):
+                np.testing.assert_allclose(got, want, atol=1e-5)
+        assert all(b not in step for step in batch_trace[batch.lengths[b]:])
+
+
+def test_the_controller_sees_z_c_h_with_ms_state_before_z_as_in_the_real_env():
+    rnn = doom_m(done_bias=-5.0)
+    shape = controller_shape(DOOM)
+    dream, trace = play(rnn, [7], max_steps=12, action=-0.6)
+    # Reference: M from zero state eats (z_t, a_t, restart_t) with restart 1 only at t = 0; z_{t+1} from its
+    # mixture with the episode's noise. The controller's input at t is [z_t, c_t, h_t], c_t, h_t before z_t.
+    h, c = rnn.initial_state(1)
+    z = trace[0][0][0][None]
+    for t in range(12):
+        got = features(shape, *(row[None] for row in trace[t][0]))
+        np.testing.assert_allclose(got, np.concatenate([z, c, h], axis=1), atol=1e-5)
+        assert got.shape == (1, 1088) and (t > 0 or not got[:, 64:].any())
+        params, h, c = rnn.step(np.concatenate([z, [[-0.6, 1.0 if t == 0 else 0.0]]], axis=1).astype(np.float32), h, c)
+        if t + 1 < 12:
+            z = trace[t + 1][0][0][None]
+            assert np.abs(z - params.mu.max(axis=-1)).max() < 50  # drawn from this step's mixture
+
+
+def test_the_sampler_with_given_noise_is_the_rngs_sampler():
+    rnn = doom_m()
+    params, _, _ = rnn.step(np.zeros((3, 66), np.float32), *rnn.initial_state(3))
+    a = sample_z(params, 1.15, np.random.default_rng(3))
+    rng = np.random.default_rng(3)
+    b = sample_z_from(params, 1.15, rng.random((3, 64)), rng.standard_normal((3, 64)))
+    np.testing.assert_array_equal(a, b)
+
+
+def test_batch_controller_matches_one_controller_per_row():
+    for task, mode in ((DOOM, "zch"), (get_task("carracing"), "z_hidden")):
+        shape = controller_shape(task, mode)
+        params = np.random.default_rng(0).normal(0, 0.2, (3, shape.n_params))
+        f = np.random.default_rng(1).normal(size=(7, shape.input_size)).astype(np.float32)
+        which = np.array([0, 2, 1, 1, 0, 2, 2])
+        want = np.stack([Controller(shape, params[w])(f[i:i + 1])[0] for i, w in enumerate(which)])
+        np.testing.assert_allclose(BatchController(shape, params)(f, which), want, atol=1e-5)
+
+
+def test_dream_rollouts_score_each_candidate_by_survival(tmp_path):
+    rnn = doom_m()
+    (tmp_path / "rnn").mkdir()
+    np.savez(tmp_path / "rnn" / "weights.npz", task=np.str_("doom"), **{
+        "lstm.kernel": rnn.kernel, "lstm.recurrent_kernel": rnn.recurrent_kernel, "lstm.bias": rnn.bias,
+        "mdn.kernel": rnn.head_kernel, "mdn.bias": rnn.head_bias,
+        "initial_z_mu": rnn.initial_z[0], "initial_z_logvar": rnn.initial_z[1]})
+    rollouts = DreamRollouts(RolloutSpec(str(tmp_path), "doom", "zch", 2100, env="dream", tau=1.15))
+    params = np.random.default_rng(0).normal(0, 0.1, (4, 1088))
+    seeds = np.arange(12).reshape(4, 3)
+    together = rollouts.run(Job(params, seeds))
+    assert together.returns.shape == (4, 3) and (together.returns == together.lengths).all()
+    for i in range(4):
+        alone = rollouts.run(Job(params[i:i + 1], seeds[i:i + 1]))
+        np.testing.assert_array_equal(alone.lengths[0], together.lengths[i])
+
+
+def test_an_m_without_a_done_head_is_no_dream():
+    car = get_task("carracing")
+    weights = {"lstm.kernel": np.zeros((35, 1024)), "lstm.recurrent_kernel": np.zeros((256, 1024)),
+               "lstm.bias": np.zeros(1024), "mdn.kernel": np.zeros((256, 480)), "mdn.bias": np.zeros(480)}
+    with pytest.raises(ValueError, match="predicts no done"):
+        DreamBatch(RNNTwin({k: v.astype(np.float32) for k, v in weights.items()}, car), np.arange(2), 1.0, 1000)
