@@ -29,10 +29,6 @@ class MixtureParams:
     done_logit: np.ndarray | None
 
 
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (np.tanh(0.5 * x) + 1.0)
-
-
 class RNNTwin:
     """M in numpy: `step(x, h, c)` with x = [z, a(, restart)] float32 [B, in] → (params, h', c')."""
 
@@ -43,7 +39,10 @@ class RNNTwin:
         self.bias = np.asarray(weights["lstm.bias"], np.float32)
         self.head_kernel = np.ascontiguousarray(weights["mdn.kernel"], np.float32)
         self.head_bias = np.asarray(weights["mdn.bias"], np.float32)
-        self.units = self.recurrent_kernel.shape[0]
+        self.units = u = self.recurrent_kernel.shape[0]
+        order = np.r_[0:2 * u, 3 * u:4 * u, 2 * u:3 * u]
+        self.stacked_kernel = np.ascontiguousarray(np.concatenate([self.kernel, self.recurrent_kernel])[:, order])
+        self.stacked_bias = self.bias[order]
         self.resets = "restart" in task.rnn_extra_inputs
         self.initial_z = (weights.get("initial_z_mu"), weights.get("initial_z_logvar"))
 
@@ -57,16 +56,29 @@ class RNNTwin:
         return np.zeros((batch, self.units), np.float32), np.zeros((batch, self.units), np.float32)
 
     def lstm(self, x: np.ndarray, h: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """One LSTM step (Keras gate order i, f, c, o); zeroes (h, c) first where Doom's restart flag is set."""
+        """One LSTM step: x float32 [B, in], h, c [B, units] → (h', c'); zeroes (h, c) first where Doom's
+        restart flag is set. One product of [x, h] with the stacked kernels, gates reordered to (i, f, o, c)
+        at load so the three sigmoids run in place on one block."""
         if self.resets:
-            keep = (x[:, -1:] <= 0.5).astype(np.float32)
-            h, c = h * keep, c * keep
-        gates = x @ self.kernel + h @ self.recurrent_kernel + self.bias
+            restart = x[:, -1:] > 0.5
+            if restart.any():
+                keep = (~restart).astype(np.float32)
+                h, c = h * keep, c * keep
         u = self.units
-        i, f, g, o = sigmoid(gates[:, :u]), sigmoid(gates[:, u:2 * u]), np.tanh(gates[:, 2 * u:3 * u]), \
-            sigmoid(gates[:, 3 * u:])
-        c = f * c + i * g
-        return (o * np.tanh(c)).astype(np.float32), c.astype(np.float32)
+        gates = np.concatenate([x, h], axis=1, dtype=np.float32) @ self.stacked_kernel
+        gates += self.stacked_bias
+        sig = gates[:, :3 * u]
+        sig *= 0.5
+        np.tanh(sig, out=sig)
+        sig += 1.0
+        sig *= 0.5
+        candidate = gates[:, 3 * u:]
+        np.tanh(candidate, out=candidate)
+        c = gates[:, u:2 * u] * c
+        c += gates[:, :u] * candidate
+        h = np.tanh(c)
+        h *= gates[:, 2 * u:3 * u]
+        return h, c
 
     def head(self, h: np.ndarray) -> MixtureParams:
         """h [B, units] → the mixture parameters for the next z (and Doom's done logit)."""
@@ -94,11 +106,12 @@ def sample_z(params: MixtureParams, tau: float, rng: np.random.Generator) -> np.
 def sample_z_from(params: MixtureParams, tau: float, u: np.ndarray, eps: np.ndarray) -> np.ndarray:
     """`sample_z` with its randomness given: u ~ U(0, 1) picks each dimension's component, eps ~ N(0, 1)
     its Gaussian draw; both [B, z]. → float32 [B, z]."""
-    logits = params.logits / max(tau, 1e-8)
-    logits = logits - logits.max(axis=-1, keepdims=True)
-    probs = np.exp(logits)
-    cdf = np.cumsum(probs / probs.sum(axis=-1, keepdims=True), axis=-1)
-    k = np.minimum((cdf < u[..., None]).sum(axis=-1), MIXTURES - 1)[..., None]
+    logits = params.logits * np.float32(1.0 / max(tau, 1e-8))
+    logits -= logits.max(axis=-1, keepdims=True)
+    cdf = np.cumsum(np.exp(logits), axis=-1)
+    k = np.minimum((cdf < u[..., None] * cdf[..., -1:]).sum(axis=-1), MIXTURES - 1)[..., None]
     mean = np.take_along_axis(params.mu, k, axis=-1)[..., 0]
-    std = np.exp(np.take_along_axis(params.logstd, k, axis=-1)[..., 0]) * np.sqrt(tau)
-    return (mean + std * eps).astype(np.float32)
+    std = np.exp(np.take_along_axis(params.logstd, k, axis=-1)[..., 0])
+    std *= np.float32(np.sqrt(tau))
+    std *= eps
+    return (mean + std).astype(np.float32, copy=False)
