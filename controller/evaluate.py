@@ -1,4 +1,5 @@
-"""Stage 6: play a trained controller (or the random policy) for 100 fresh episodes of the real env.
+"""Stage 6: play a trained controller (or the random policy) for 100 fresh episodes of the real env
+(or, with `--env dream`, of M's dream: the "score in dream" column of the paper's τ table).
 
     python -m controller.evaluate --task carracing --out runs/car                 # OUT/controller/zh/best.json
     python -m controller.evaluate --task carracing --out runs/car --random        # the random baseline
@@ -27,7 +28,7 @@ from controller.es import TEST_RANGE, heldout_seeds
 from controller.model import controller_shape, default_mode
 from controller.pool import MPIPool, ProcessPool, SerialPool, mpi_world, serve_mpi, stop_mpi_workers
 from controller.rollouts import Job, RolloutSpec
-from controller.train import model_fingerprints
+from controller.train import check_dream, model_fingerprints
 from env.cli import UserError, check_stage_flags, parse_config, run
 from env.files import atomic_write, ensure_dir, stage_record, write_json
 from env.tasks import Task, get_task
@@ -53,6 +54,9 @@ class EvaluateConfig:
     workers: int = field(default=os.cpu_count() or 1, metadata={
         "help": "worker processes when not under mpirun (under mpirun -np N: N - 1 ranks)"})
     gif: bool = field(default=False, metadata={"help": "also record the first episode to OUT/eval/NAME.gif"})
+    env: str = field(default="real", metadata={
+        "help": "'real' env, or M's 'dream' (Doom; written as eval/NAME_dream.json)"})
+    tau: float = field(default=1.15, metadata={"help": "the dream's temperature with --env dream"})
 
 
 def write_gif(path: Path, frames: list[np.ndarray], fps: int = 25) -> int:
@@ -93,7 +97,15 @@ def resolve(config: EvaluateConfig) -> tuple[Task, RolloutSpec, np.ndarray | Non
     if config.seed < 0 or config.seed + config.episodes > TEST_RANGE:
         raise UserError(f"--seed plus --episodes must stay within [0, {TEST_RANGE}], got {config.seed} + {config.episodes}")
     config.max_steps = config.max_steps or task.max_steps
+    if config.env not in ("real", "dream"):
+        raise UserError(f"--env must be 'real' or 'dream', got {config.env!r}")
     run_dir = Path(config.out)
+    if config.env == "dream":
+        if config.random or config.gif:
+            raise UserError("--random and --gif play the real env only")
+        if config.tau <= 0:
+            raise UserError(f"--tau must be positive, got {config.tau}")
+        check_dream(run_dir, task)
     if config.random:
         config.name = config.name or "random"
         return task, RolloutSpec(str(run_dir), task.name, "", config.max_steps, random_policy=True), None, \
@@ -108,7 +120,10 @@ def resolve(config: EvaluateConfig) -> tuple[Task, RolloutSpec, np.ndarray | Non
     loaded = {"policy": f"controller {shape.mode} ({shape.n_params} params)", "params_file": str(params_file),
               "mode": shape.mode, "generation": record.get("generation"), "selection_eval": record.get("evaluation"),
               "models": models}
-    return task, RolloutSpec(str(run_dir), task.name, shape.mode, config.max_steps), params, loaded
+    if config.env == "dream":
+        loaded["tau"] = config.tau
+    spec = RolloutSpec(str(run_dir), task.name, shape.mode, config.max_steps, env=config.env, tau=config.tau)
+    return task, spec, params, loaded
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -121,6 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = parse_config(EvaluateConfig, argv)
         task, spec, params, loaded = resolve(config)
         eval_dir = ensure_dir(Path(config.out) / "eval")
+        result_name = config.name + ("_dream" if config.env == "dream" else "")
         seeds = heldout_seeds(config.seed, config.episodes)
         if comm is not None:
             pool = MPIPool(comm, spec)
@@ -128,14 +144,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             pool = ProcessPool(spec, min(config.workers, config.episodes))
         else:
             pool = SerialPool(spec)
-        print(f"[stage 6] {task.name}: {loaded['policy']}, {config.episodes} episodes on test seeds "
+        print(f"[stage 6] {task.name}: {loaded['policy']}, {config.episodes} {config.env} episodes on test seeds "
               f"{seeds[0]}..{seeds[-1]}, {pool.workers} worker(s)", flush=True)
         start = time.perf_counter()
         job_params = None if params is None else params[None]
-        results = pool.map([Job(job_params, np.array([[s]])) for s in seeds])
+        if config.env == "dream":
+            chunks = [c for c in np.array_split(seeds, pool.workers) if len(c)]
+        else:
+            chunks = [seeds[i:i + 1] for i in range(len(seeds))]
+        results = pool.map([Job(job_params, chunk[None]) for chunk in chunks])
         seconds = time.perf_counter() - start
-        returns = np.array([r.returns[0, 0] for r in results])
-        lengths = np.array([int(r.lengths[0, 0]) for r in results])
+        returns = np.concatenate([r.returns[0] for r in results])
+        lengths = np.concatenate([r.lengths[0] for r in results])
         failures = [line for r in results for line in r.failures]
         done = ~np.isnan(returns)
         if not done.any():
@@ -149,10 +169,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             gif_path = eval_dir / f"{config.name}.gif"
             total, steps = record_episode(spec, params, int(seeds[0]), gif_path)
             summary["gif"] = {"file": str(gif_path), "seed": int(seeds[0]), "return": total, "length": steps}
-        write_json(eval_dir / f"{config.name}.json", {**stage_record(config), **summary})
+        write_json(eval_dir / f"{result_name}.json", {**stage_record(config), **summary})
         failed = f", {len(failures)} failed episodes left out" if failures else ""
-        print(f"[stage 6] {task.name} {config.name}: {mean:.1f} ± {std:.1f} (n={n}){failed}; "
-              f"{seconds:.0f} s → {eval_dir / (config.name + '.json')}", flush=True)
+        where = f" in the dream (τ = {config.tau:g})" if config.env == "dream" else ""
+        print(f"[stage 6] {task.name} {config.name}{where}: {mean:.1f} ± {std:.1f} (n={n}){failed}; "
+              f"{seconds:.0f} s → {eval_dir / (result_name + '.json')}", flush=True)
         return 0
     finally:
         if comm is not None:

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 from controller.rollouts import Job, JobResult, RolloutSpec, Worker
 
-TAG_SPEC, TAG_JOB, TAG_RESULT, TAG_STOP = 1, 2, 3, 4
+TAG_SPEC, TAG_JOB, TAG_RESULT, TAG_STOP, TAG_DONE = 1, 2, 3, 4, 5
 POLL_SECONDS = (0.0005, 0.02)
 """First and longest sleep between polls of a waiting rank (the sleep doubles while nothing arrives)."""
 
@@ -113,23 +113,32 @@ class MPIPool:
             self.comm.send(None, dest=rank, tag=TAG_STOP)
 
 
-def serve_mpi(comm) -> None:
-    """Ranks 1..N-1: build the env and agent from rank 0's spec, play jobs until told to stop.
-    A None spec (rank 0 stopped on an error before training) ends the rank at once."""
+def serve_mpi(comm) -> bool:
+    """Ranks 1..N-1: build the env and agent from rank 0's spec, play jobs until told to stop. A None spec
+    (rank 0 stopped before playing anything) ends the session at once. → False when rank 0 said that no
+    further session follows (`release_mpi_workers`), True otherwise."""
     spec, _, tag = _poll_recv(comm, 0, None)
+    if tag == TAG_DONE:
+        return False
     if tag == TAG_STOP or spec is None:
-        return
+        return True
     rollouts, failure = _build(spec)
     try:
         while True:
             message, _, tag = _poll_recv(comm, 0, None)
             if tag == TAG_STOP:
-                return
+                return True
             index, job = message
             comm.send((index, _run_job(rollouts, failure, job)), dest=0, tag=TAG_RESULT)
     finally:
         if rollouts is not None:
             rollouts.close()
+
+
+def release_mpi_workers(comm) -> None:
+    """Tell ranks 1..N-1 that waiting in `serve_mpi` loops can end: no further session follows."""
+    for rank in range(1, comm.Get_size()):
+        comm.send(None, dest=rank, tag=TAG_DONE)
 
 
 def stop_mpi_workers(comm) -> None:

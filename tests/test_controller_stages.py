@@ -248,3 +248,23 @@ def test_user_errors_are_one_line_with_exit_2(car_run, tmp_path):
     (other / "controller" / "zh" / "best.json").write_text((trained / "controller" / "zh" / "best.json").read_text())
     result = run_module("controller.evaluate", "--out", str(other))
     assert result.returncode == 2 and "trained with another V or M" in result.stderr
+
+
+def test_tau_table_trains_scores_and_reuses_one_controller_per_temperature(tmp_path, capsys):
+    from controller import tau_table
+
+    out = make_run(tmp_path, DOOM)
+    args = ["--out", str(out), "--taus", "0.5,1.15", "--episodes", "2", "--workers", "1", "--train-flags",
+            "--popsize 2 --num-episode 1 --generations 1 --eval-episodes 1 --max-steps 40"]
+    assert tau_table.main(args) == 0
+    table = (out / "tau_table.md").read_text()
+    assert "| 0.50 |" in table and "| 1.15 |" in table and "1092 ± 556" in table and "210 ± 108" in table
+    for name in ("zch_tau0.50", "zch_tau1.15"):
+        assert json.loads((out / "eval" / f"{name}_dream.json").read_text())["tau"] in (0.5, 1.15)
+        assert json.loads((out / "eval" / f"{name}.json").read_text())["n"] == 2
+    rows = json.loads((out / "tau_table.json").read_text())["rows"]
+    assert [r["tau"] for r in rows] == [0.5, 1.15] and all(r["generations"] == 1 for r in rows)
+    capsys.readouterr()
+    assert tau_table.main(args) == 0
+    again = capsys.readouterr().out
+    assert "nothing to do" in again and "[stage 6]" not in again  # trained and scored once
