@@ -174,8 +174,9 @@ def check_resume(state: SearchState, config: TrainConfig, models: dict[str, str]
 def check_dream(run_dir: Path, task: Task) -> None:
     """A UserError unless M can be a dream env for `task`: it predicts done and holds initial_z."""
     weights = load_rnn_weights(run_dir / "rnn", task)
-    if not task.rnn_predicts_done:
-        raise UserError(f"{task.name}'s M predicts no done flag, so it cannot be a dream env; use --env real")
+    if not bool(weights.get("predicts_done", task.rnn_predicts_done)):
+        raise UserError(f"{run_dir / 'rnn'}: this {task.name} M predicts no done flag or reward, so it cannot be a "
+                        "dream env; train M with --dream-heads true (stage 4), or use --env real")
     if "initial_z_mu" not in weights:
         raise UserError(f"{run_dir / 'rnn' / 'weights.npz'}: no initial_z (rerun stage 4, rnn.train)")
 

@@ -23,7 +23,7 @@ from env.cli import UserError
 from env.tasks import Task
 from vae.series import read_series
 
-FIELDS = ("mu", "logvar", "action")
+FIELDS = ("mu", "logvar", "action", "reward", "done")
 
 
 class SeriesSet:
@@ -34,9 +34,9 @@ class SeriesSet:
         self.lengths = np.array([len(read_series(p, task, fields=("done",))["done"]) for p in self.paths])
 
     def read(self, index: int) -> dict[str, np.ndarray]:
-        """Episode `index`: mu, logvar float32 [T, z], action float32 [T, A]."""
+        """Episode `index`: mu, logvar float32 [T, z], action float32 [T, A], reward, done float32 [T]."""
         data = read_series(self.paths[index], self.task, fields=FIELDS)
-        return {key: data[key] for key in FIELDS}
+        return {key: data[key].astype(np.float32, copy=False) for key in FIELDS}
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -47,7 +47,8 @@ def step_rng(seed: int, *keys: int) -> np.random.Generator:
 
 
 class EpisodeBatches:
-    """'episodes' batching: step → {mu, logvar [B, T, z], action [B, T, A]} of B whole episodes."""
+    """'episodes' batching: step → {mu, logvar [B, T, z], action [B, T, A], reward, done [B, T]} of B whole
+    episodes."""
 
     def __init__(self, series: SeriesSet, batch: int, seq_len: int, seed: int):
         short = int((series.lengths < seq_len).sum())
@@ -95,6 +96,8 @@ class StreamBatches:
         out = {"mu": np.empty((self.batch, self.seq_len, z), np.float32),
                "logvar": np.empty((self.batch, self.seq_len, z), np.float32),
                "action": np.empty((self.batch, self.seq_len, self.series.task.action_dim), np.float32),
+               "reward": np.empty((self.batch, self.seq_len), np.float32),
+               "done": np.empty((self.batch, self.seq_len), np.float32),
                "restart": np.zeros((self.batch, self.seq_len), np.float32)}
         used: dict[int, dict[str, np.ndarray]] = {}
         for b in range(self.batch):

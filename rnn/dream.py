@@ -5,7 +5,9 @@ episode (`initial_z`), sampled as μ + exp(logvar/2)·ε — with M's state at z
 exactly as the real Doom agent starts (controller/agent.py). A step feeds (z_t, a_t, restart_t)
 through M, samples z_{t+1} at temperature τ, and ends the episode when M's done logit is > 0 (a
 threshold, as the original, not a coin flip) or after `max_steps` steps. Reward is 1 per step, so
-an episode's return is its length. After the step the controller sees [z_{t+1}, c_{t+1}, h_{t+1}]:
+an episode's return is its length. An M trained with dream heads (the car) predicts each step's
+reward and done logit instead, and has no restart input. After the step the controller sees
+[z_{t+1}, c_{t+1}, h_{t+1}]:
 the same time alignment as in the real game, so a controller trained here plays there unchanged.
 
 Every episode draws its randomness from its own generator, seeded by its episode seed, in blocks
@@ -29,8 +31,8 @@ class DreamBatch:
     """B dream episodes of M, stepped in lockstep; `z`, `h`, `c` hold the running episodes' rows."""
 
     def __init__(self, rnn: RNNTwin, seeds: np.ndarray, tau: float, max_steps: int):
-        if not rnn.task.rnn_predicts_done or not rnn.resets:
-            raise ValueError(f"{rnn.task.name}'s M predicts no done flag: it cannot end dream episodes")
+        if not rnn.predicts_done:
+            raise ValueError(f"this {rnn.task.name} M predicts no done flag: it cannot end dream episodes")
         if rnn.initial_z[0] is None:
             raise ValueError("M's weights hold no initial_z (rerun stage 4)")
         self.rnn, self.tau, self.max_steps = rnn, float(tau), max_steps
@@ -43,10 +45,11 @@ class DreamBatch:
             z[b] = mu[start] + np.exp(0.5 * logvar[start]) * rng.standard_normal(mu.shape[1], dtype=np.float32)
         self.z = z
         self.h, self.c = rnn.initial_state(len(seeds))
-        self.restart = np.ones((len(seeds), 1), np.float32)
+        self.restart = np.ones((len(seeds), 1 if rnn.resets else 0), np.float32)
         self.active = np.arange(len(seeds))
         """Batch indices of the running episodes, in the row order of z, h, c."""
         self.lengths = np.zeros(len(seeds), np.int64)
+        self.totals = np.zeros(len(seeds), np.float64)
         self.t = 0
         self.noise_u = self.noise_eps = np.zeros((0, NOISE_BLOCK, rnn.task.z_size), np.float32)
 
@@ -72,6 +75,7 @@ class DreamBatch:
         self.z = sample_z_from(params, self.tau, u, eps)
         self.t += 1
         self.lengths[self.active] = self.t
+        self.totals[self.active] += 1.0 if params.reward is None else params.reward
         done = (params.done_logit > 0) | (self.t >= self.max_steps)
         self.restart = np.zeros_like(self.restart)
         if done.any():
@@ -83,5 +87,5 @@ class DreamBatch:
 
     @property
     def returns(self) -> np.ndarray:
-        """Each episode's return so far, float64 [B]: 1 per step."""
-        return self.lengths.astype(np.float64)
+        """Each episode's return so far, float64 [B]: 1 per step (Doom), or M's predicted rewards (dream heads)."""
+        return self.totals.copy()

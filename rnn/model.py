@@ -5,6 +5,9 @@ One code path for both tasks, shaped by the task table: an LSTM on [z, a] (car, 
 dense head read per latent dimension as 5 mixture logits, 5 means, 5 log-stds — with Doom's
 done/death logit in front. `python -m rnn.model --task T` prints the summary and count (car
 422,368; Doom 1,678,785, as the paper).
+
+With `dream_heads` (an addition, for training the car's controller in the dream) the car's M also
+predicts the done logit and the reward of each step, in front of the mixture: [done, reward, mixture].
 """
 
 from __future__ import annotations
@@ -36,17 +39,22 @@ def input_size(task: Task) -> int:
     return task.z_size + task.action_dim + len(task.rnn_extra_inputs)
 
 
-def output_size(task: Task) -> int:
-    """Width of M's head: z · 5 · 3 mixture parameters, plus one done logit for Doom."""
-    return task.z_size * MIXTURES * 3 + int(task.rnn_predicts_done)
+def heads(task: Task, dream_heads: bool = False) -> tuple[bool, bool]:
+    """(predicts_done, predicts_reward) of M: Doom predicts done; `dream_heads` adds done and reward."""
+    return task.rnn_predicts_done or dream_heads, dream_heads
 
 
-def split_params(params, z_size: int, predicts_done: bool):
+def output_size(task: Task, dream_heads: bool = False) -> int:
+    """Width of M's head: z · 5 · 3 mixture parameters, plus a done logit (Doom) and a reward (dream heads)."""
+    return task.z_size * MIXTURES * 3 + sum(heads(task, dream_heads))
+
+
+def split_params(params, z_size: int, predicts_done: bool, predicts_reward: bool = False):
     """Head output [..., NOUT] → (logits, mu, logstd) each [..., z, 5], and the done logit [...] or None.
 
-    Layout as the original: [done logit,] then z groups of 15 = 5 logits | 5 means | 5 log-stds."""
+    Layout as the original: [done logit,] [reward,] then z groups of 15 = 5 logits | 5 means | 5 log-stds."""
     done = params[..., 0] if predicts_done else None
-    mdn = params[..., 1:] if predicts_done else params
+    mdn = params[..., int(predicts_done) + int(predicts_reward):]
     groups = ops.reshape(mdn, (*ops.shape(mdn)[:-1], z_size, 3 * MIXTURES))
     logits, mu, logstd = ops.split(groups, 3, axis=-1)
     return logits, mu, logstd, done
@@ -62,6 +70,11 @@ def mixture_nll(z_next, logits, mu, logstd):
                                     components_distribution=tfd.Normal(ops.cast(mu, "float32"),
                                                                        ops.exp(ops.cast(logstd, "float32"))))
     return -ops.mean(mixture.log_prob(ops.cast(z_next, "float32")))
+
+
+def reward_of(params, predicts_done: bool):
+    """Head output [..., NOUT] of an M with a reward head → the predicted reward [...]."""
+    return params[..., int(predicts_done)]
 
 
 def done_loss(done_logit, done_next, weight: float = DONE_WEIGHT):
@@ -113,25 +126,34 @@ class MDNRNN(keras.Model):
     [B, T, NOUT] and the final [h, c]. Trained on dicts of series arrays (see `train_step`)."""
 
     def __init__(self, z_size: int, action_dim: int, units: int, extra_inputs: Sequence[str] = (),
-                 predicts_done: bool = False, stateful: bool = False, seed: int | None = None, **kwargs):
+                 predicts_done: bool = False, stateful: bool = False, seed: int | None = None,
+                 predicts_reward: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.z_size, self.action_dim, self.units = z_size, action_dim, units
         self.extra_inputs, self.predicts_done = tuple(extra_inputs), predicts_done
+        self.predicts_reward = predicts_reward
         self.stateful, self.seed = stateful, seed
         cell = RestartLSTMCell(units, reset_on_restart="restart" in self.extra_inputs, name="lstm_cell")
         self.lstm = layers.RNN(cell, return_sequences=True, return_state=True, stateful=stateful, name="lstm")
-        self.head = layers.Dense(z_size * MIXTURES * 3 + int(predicts_done), name="mdn")
+        self.head = layers.Dense(z_size * MIXTURES * 3 + int(predicts_done) + int(predicts_reward), name="mdn")
         self.seed_generator = keras.random.SeedGenerator(seed)
-        self.trackers = {name: keras.metrics.Mean(name=name) for name in
-                         (("loss", "z_loss", "done_loss") if predicts_done else ("loss",))}
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in self.loss_names}
+
+    @property
+    def loss_names(self) -> tuple[str, ...]:
+        """The losses train_step reports: loss, and with extra heads z_loss, done_loss, reward_loss."""
+        extra = ("done_loss",) * self.predicts_done + ("reward_loss",) * self.predicts_reward
+        return ("loss", "z_loss", *extra) if extra else ("loss",)
 
     def call(self, inputs, initial_state=None, training=False):
         sequence, h, c = self.lstm(inputs, initial_state=initial_state, training=training)
         return self.head(sequence), [h, c]
 
     def sequences(self, batch):
-        """A batch of series {mu, logvar [B, T, z], action [B, T, A], restart [B, T]} → (inputs [B, T−1, in],
-        z targets [B, T−1, z], done targets [B, T−1] or None). z is re-sampled from (mu, logvar) on every call."""
+        """A batch of series {mu, logvar [B, T, z], action [B, T, A], restart [B, T] (Doom), done, reward [B, T]
+        (dream heads)} → (inputs [B, T−1, in], z targets [B, T−1, z], done targets [B, T−1] or None).
+        z is re-sampled from (mu, logvar) on every call. Doom's done target is the next step's restart flag;
+        with dream heads it is the episode file's done flag of the same step (the step the action ended)."""
         mu = ops.cast(batch["mu"], "float32")
         eps = keras.random.normal(ops.shape(mu), seed=self.seed_generator)
         z = mu + ops.exp(0.5 * ops.cast(batch["logvar"], "float32")) * eps
@@ -141,18 +163,23 @@ class MDNRNN(keras.Model):
             restart = ops.cast(batch["restart"], "float32")
             parts.append(restart[:, :-1, None])
             done_next = restart[:, 1:]
+        elif self.predicts_done:
+            done_next = ops.cast(batch["done"], "float32")[:, :-1]
         return ops.concatenate(parts, axis=-1), z[:, 1:], done_next
 
     def losses_of(self, batch, training: bool):
         """Series batch → dict of scalar losses: loss (and z_loss, done_loss for Doom)."""
         inputs, z_next, done_next = self.sequences(batch)
         params, _ = self(inputs, training=training)
-        logits, mu, logstd, done_logit = split_params(params, self.z_size, self.predicts_done)
+        logits, mu, logstd, done_logit = split_params(params, self.z_size, self.predicts_done, self.predicts_reward)
         z_loss = mixture_nll(z_next, logits, mu, logstd)
         if not self.predicts_done:
             return {"loss": z_loss}
-        d_loss = done_loss(done_logit, done_next)
-        return {"loss": z_loss + d_loss, "z_loss": z_loss, "done_loss": d_loss}
+        losses = {"z_loss": z_loss, "done_loss": done_loss(done_logit, done_next)}
+        if self.predicts_reward:
+            reward = ops.cast(batch["reward"], "float32")[:, :-1]
+            losses["reward_loss"] = ops.mean(ops.square(reward_of(params, True) - reward))
+        return {"loss": sum(losses.values()), **losses}
 
     def train_step(self, data):
         import tensorflow as tf
@@ -178,20 +205,23 @@ class MDNRNN(keras.Model):
     def get_config(self):
         return {**super().get_config(), "z_size": self.z_size, "action_dim": self.action_dim, "units": self.units,
                 "extra_inputs": list(self.extra_inputs), "predicts_done": self.predicts_done,
-                "stateful": self.stateful, "seed": self.seed}
+                "stateful": self.stateful, "seed": self.seed, "predicts_reward": self.predicts_reward}
 
 
-def build_rnn(task: Task, batch_size: int | None = None, stateful: bool = False, seed: int | None = None) -> MDNRNN:
-    """A built M for `task`; `stateful` carries the LSTM state across calls (needs a fixed `batch_size`)."""
-    model = MDNRNN(task.z_size, task.action_dim, task.rnn_units, task.rnn_extra_inputs, task.rnn_predicts_done,
-                   stateful=stateful, seed=seed, name=f"mdnrnn_{task.name}")
+def build_rnn(task: Task, batch_size: int | None = None, stateful: bool = False, seed: int | None = None,
+              dream_heads: bool = False) -> MDNRNN:
+    """A built M for `task`; `stateful` carries the LSTM state across calls (needs a fixed `batch_size`);
+    `dream_heads` adds done and reward outputs."""
+    predicts_done, predicts_reward = heads(task, dream_heads)
+    model = MDNRNN(task.z_size, task.action_dim, task.rnn_units, task.rnn_extra_inputs, predicts_done,
+                   stateful=stateful, seed=seed, predicts_reward=predicts_reward, name=f"mdnrnn_{task.name}")
     model(np.zeros((batch_size or 1, 2, input_size(task)), np.float32))
     return model
 
 
 def plain_copy(model: MDNRNN, task: Task) -> MDNRNN:
     """A non-stateful M with the same weights, usable on batches of any size."""
-    plain = build_rnn(task, seed=model.seed)
+    plain = build_rnn(task, seed=model.seed, dream_heads=model.predicts_reward)
     plain.set_weights(model.get_weights())
     return plain
 
@@ -211,7 +241,8 @@ def save_rnn(model: MDNRNN, rnn_dir: Path, task: Task, extra: dict[str, np.ndarr
     rnn_dir = Path(rnn_dir)
     plain = plain_copy(model, task) if model.stateful else model
     save_model(plain, rnn_dir / MODEL_FILE)
-    arrays = {**export_weights(plain), **(extra or {}), "task": np.str_(task.name)}
+    arrays = {**export_weights(plain), **(extra or {}), "task": np.str_(task.name),
+              "predicts_done": np.bool_(plain.predicts_done), "predicts_reward": np.bool_(plain.predicts_reward)}
     atomic_write(rnn_dir / WEIGHTS_FILE, lambda f: np.savez(f, **arrays))
 
 

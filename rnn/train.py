@@ -54,6 +54,8 @@ class RnnTrainConfig:
     grad_clip: float = field(default=1.0, metadata={"help": "element-wise gradient clip (WME: 1.0)"})
     checkpoint_every: int = field(default=100, metadata={"help": "steps between checkpoints"})
     seed: int = field(default=0, metadata={"help": "seeds initialisation, z re-sampling and batch order"})
+    dream_heads: bool = field(default=False, metadata={
+        "help": "car: also predict each step's done flag and reward, so that C can train in M's dream (not in the original)"})
 
 
 def resolve(config: RnnTrainConfig, task: Task) -> RnnTrainConfig:
@@ -69,6 +71,9 @@ def resolve(config: RnnTrainConfig, task: Task) -> RnnTrainConfig:
         raise UserError(f"--seq-len must be at least 2, got {config.seq_len}")
     if config.steps < 0 or config.epochs < 0:
         raise UserError("--steps and --epochs must not be negative")
+    if config.dream_heads and task.rnn_predicts_done:
+        raise UserError(f"--dream-heads is for the car: {task.name}'s M already predicts done, and its dream "
+                        "pays 1 per step")
     if config.learning_rate <= 0 or not 0 < config.lr_decay <= 1 or config.grad_clip <= 0:
         raise UserError("--learning-rate and --grad-clip must be positive, --lr-decay in (0, 1]")
     return config
@@ -81,12 +86,15 @@ def initial_z(series: SeriesSet) -> dict[str, np.ndarray]:
             "initial_z_logvar": np.stack([ep["logvar"][0] for ep in firsts])}
 
 
-def step_dataset(batches, start: int, total: int, task: Task, batch_size: int, seq_len: int):
+def step_dataset(batches, start: int, total: int, task: Task, batch_size: int, seq_len: int,
+                 dream_heads: bool = False):
     """tf.data stream of the batches for global steps start .. total − 1, read ahead in the background."""
     import tensorflow as tf
 
-    keys = ["mu", "logvar", "action"] + (["restart"] if task.rnn_batching == "streams" else [])
-    widths = {"mu": (task.z_size,), "logvar": (task.z_size,), "action": (task.action_dim,), "restart": ()}
+    keys = ["mu", "logvar", "action"] + (["restart"] if task.rnn_batching == "streams" else []) + \
+        (["reward", "done"] if dream_heads else [])
+    widths = {"mu": (task.z_size,), "logvar": (task.z_size,), "action": (task.action_dim,), "restart": (),
+              "reward": (), "done": ()}
 
     def load(step):
         batch = batches(int(step))
@@ -144,7 +152,7 @@ def baseline_comparison(model, batches, steps: Sequence[int]) -> dict[str, float
         batch = batches(step)
         inputs, z_next, _ = model.sequences(batch)
         params, _ = model(inputs, initial_state=[np.zeros((len(inputs), model.units), np.float32)] * 2)
-        logits, mu, logstd, _ = split_params(params, model.z_size, model.predicts_done)
+        logits, mu, logstd, _ = split_params(params, model.z_size, model.predicts_done, model.predicts_reward)
         ours.append(float(mixture_nll(z_next, logits, mu, logstd)))
         z_now, z_next = np.asarray(inputs)[..., :model.z_size], np.asarray(z_next)
         naive.append(float(np.mean(0.5 * (z_next - z_now) ** 2 + 0.5 * np.log(2 * np.pi))))
@@ -189,7 +197,8 @@ def main(argv: Sequence[str] | None = None, extra_callbacks: Sequence = ()) -> i
 
     keras.utils.set_random_seed(config.seed)
     stateful = task.rnn_batching == "streams"
-    model = build_rnn(task, batch_size=config.batch_size, stateful=stateful, seed=config.seed)
+    model = build_rnn(task, batch_size=config.batch_size, stateful=stateful, seed=config.seed,
+                      dream_heads=config.dream_heads)
     # Adam with TF1's ε 1e-8; gradients clipped element-wise (tf.clip_by_value) as the original.
     model.compile(optimizer=keras.optimizers.Adam(DecayToFloor(config.learning_rate, config.lr_decay),
                                                   epsilon=1e-8, clipvalue=config.grad_clip))
@@ -205,7 +214,8 @@ def main(argv: Sequence[str] | None = None, extra_callbacks: Sequence = ()) -> i
     callbacks += list(extra_callbacks)
 
     start = time.perf_counter()
-    fit_from(model, lambda step: step_dataset(batches, step, total_steps, task, config.batch_size, config.seq_len),
+    fit_from(model, lambda step: step_dataset(batches, step, total_steps, task, config.batch_size, config.seq_len,
+                                              config.dream_heads),
              start_step, total_steps, steps_per_epoch, callbacks)
     seconds = time.perf_counter() - start
     trained = int(model.optimizer.iterations) - start_step
@@ -214,7 +224,7 @@ def main(argv: Sequence[str] | None = None, extra_callbacks: Sequence = ()) -> i
                                      list(range(min(BASELINE_BATCHES, steps_per_epoch))))
     save_rnn(model, rnn_dir, task, extra=initial_z(series))
     shutil.rmtree(rnn_dir / "checkpoint", ignore_errors=True)
-    keys = ("loss", "z_loss", "done_loss") if task.rnn_predicts_done else ("loss",)
+    keys = model.loss_names
     result = {"metrics": last_logged(rnn_dir / "log.csv", keys), **comparison, "steps": total_steps,
               "seconds_this_run": round(seconds, 1),
               "sequences_per_second": round(trained * config.batch_size / seconds, 2) if seconds > 0 else 0.0}

@@ -20,13 +20,14 @@ MIXTURES = 5
 
 @dataclass
 class MixtureParams:
-    """M's prediction for z_{t+1}: per latent dimension, 5 logits, means and log-stds [B, z, 5]; and
-    Doom's done logit [B] (None for the car)."""
+    """M's prediction for z_{t+1}: per latent dimension, 5 logits, means and log-stds [B, z, 5]; the done
+    logit [B] (Doom, or an M with dream heads; else None) and the reward [B] (dream heads; else None)."""
 
     logits: np.ndarray
     mu: np.ndarray
     logstd: np.ndarray
     done_logit: np.ndarray | None
+    reward: np.ndarray | None = None
 
 
 class RNNTwin:
@@ -44,6 +45,8 @@ class RNNTwin:
         self.stacked_kernel = np.ascontiguousarray(np.concatenate([self.kernel, self.recurrent_kernel])[:, order])
         self.stacked_bias = self.bias[order]
         self.resets = "restart" in task.rnn_extra_inputs
+        self.predicts_done = bool(weights.get("predicts_done", task.rnn_predicts_done))
+        self.predicts_reward = bool(weights.get("predicts_reward", False))
         self.initial_z = (weights.get("initial_z_mu"), weights.get("initial_z_logvar"))
 
     @classmethod
@@ -81,14 +84,14 @@ class RNNTwin:
         return h, c
 
     def head(self, h: np.ndarray) -> MixtureParams:
-        """h [B, units] → the mixture parameters for the next z (and Doom's done logit)."""
+        """h [B, units] → the mixture parameters for the next z (and the done logit, the reward)."""
         out = h @ self.head_kernel + self.head_bias
-        done = None
-        if self.task.rnn_predicts_done:
-            done, out = out[:, 0], out[:, 1:]
-        groups = out.reshape(len(out), self.task.z_size, 3 * MIXTURES)
+        done = out[:, 0] if self.predicts_done else None
+        reward = out[:, int(self.predicts_done)] if self.predicts_reward else None
+        mdn = out[:, int(self.predicts_done) + int(self.predicts_reward):]
+        groups = mdn.reshape(len(out), self.task.z_size, 3 * MIXTURES)
         return MixtureParams(groups[..., :MIXTURES], groups[..., MIXTURES:2 * MIXTURES], groups[..., 2 * MIXTURES:],
-                             done)
+                             done, reward)
 
     def step(self, x: np.ndarray, h: np.ndarray, c: np.ndarray) -> tuple[MixtureParams, np.ndarray, np.ndarray]:
         """x = [z, a(, restart)]: float32 [B, in]; h, c [B, units] → (prediction of z_{t+1}, h', c')."""

@@ -268,3 +268,26 @@ def test_tau_table_trains_scores_and_reuses_one_controller_per_temperature(tmp_p
     assert tau_table.main(args) == 0
     again = capsys.readouterr().out
     assert "nothing to do" in again and "[stage 6]" not in again  # trained and scored once
+
+
+def test_the_car_trains_in_the_dream_of_an_m_with_dream_heads(car_run, tmp_path):
+    from rnn import train as rnn_train
+    from tests.test_rnn_stages import write_fake_series
+
+    out = tmp_path / "car"
+    (out / "vae").mkdir(parents=True)
+    for f in (car_run / "vae").iterdir():
+        (out / "vae" / f.name).write_bytes(f.read_bytes())
+    write_fake_series(out, CAR, [12] * 4)
+    plain = run_module("controller.train", "--out", str(car_run), "--env", "dream", *TINY)
+    assert plain.returncode == 2 and "--dream-heads true" in plain.stderr
+    assert rnn_train.main(["--task", "carracing", "--out", str(out), "--batch-size", "2", "--seq-len", "12",
+                           "--steps", "2", "--dream-heads", "true"]) == 0
+    with np.load(out / "rnn" / "weights.npz") as weights:
+        assert bool(weights["predicts_done"]) and bool(weights["predicts_reward"])
+    assert train.main(["--out", str(out), "--task", "carracing", "--env", "dream", *TINY, "--generations", "1"]) == 0
+    config = json.loads((out / "controller" / "zh" / "config.json").read_text())
+    assert config["settings"]["env"] == "dream"
+    assert evaluate.main(["--out", str(out), "--task", "carracing", "--episodes", "1", "--max-steps", "15",
+                          "--workers", "1"]) == 0
+    assert json.loads((out / "eval" / "zh.json").read_text())["episodes"][0]["length"] == 15

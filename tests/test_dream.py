@@ -136,3 +136,31 @@ def test_an_m_without_a_done_head_is_no_dream():
                "lstm.bias": np.zeros(1024), "mdn.kernel": np.zeros((256, 480)), "mdn.bias": np.zeros(480)}
     with pytest.raises(ValueError, match="predicts no done"):
         DreamBatch(RNNTwin({k: v.astype(np.float32) for k, v in weights.items()}, car), np.arange(2), 1.0, 1000)
+
+
+def test_a_car_dream_pays_ms_predicted_rewards_and_has_no_restart_input():
+    car = get_task("carracing")
+    rng = np.random.default_rng(0)
+    n_out = 2 + 32 * 15
+    w = {"lstm.kernel": rng.normal(0, 0.1, (35, 1024)), "lstm.recurrent_kernel": rng.normal(0, 0.05, (256, 1024)),
+         "lstm.bias": rng.normal(0, 0.1, 1024), "mdn.kernel": rng.normal(0, 0.05, (256, n_out)),
+         "mdn.bias": rng.normal(0, 0.1, n_out)}
+    w["mdn.kernel"][:, 0] *= 10.0
+    w["mdn.bias"][0] = -4.0
+    w = {k: v.astype(np.float32) for k, v in w.items()}
+    w.update(initial_z_mu=rng.normal(size=(3, 32)).astype(np.float32),
+             initial_z_logvar=np.full((3, 32), -2.0, np.float32), predicts_done=np.bool_(True),
+             predicts_reward=np.bool_(True))
+    rnn = RNNTwin(w, car)
+    dream = DreamBatch(rnn, np.arange(4), 1.0, 1000)
+    assert dream.restart.shape == (4, 0)
+    rewards = np.zeros(4)
+    h, c = dream.h.copy(), dream.c.copy()
+    action = np.tile(np.float32([0.1, 0.5, 0.0]), (4, 1))
+    while not dream.done:
+        rows = dream.active
+        params, h, c = rnn.step(np.concatenate([dream.z, action[:len(rows)]], axis=1), dream.h, dream.c)
+        rewards[rows] += params.reward
+        dream.step(action[:len(rows)])
+    np.testing.assert_allclose(dream.returns, rewards, rtol=1e-5)
+    assert (dream.lengths < 1000).any() and not np.allclose(dream.returns, dream.lengths)

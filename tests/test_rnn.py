@@ -208,3 +208,34 @@ def test_m_trains_on_sampled_z_and_death_targets_the_step_before_a_restart(model
     assert done_next[0, 5] == 1.0 and done_next[0].sum() == 1.0
     again = np.asarray(model.sequences(batch)[0])
     assert not np.allclose(again[..., :64], inputs[..., :64])  # re-sampled on every call
+
+
+def test_car_dream_heads_add_done_and_reward_in_front_of_the_mixture():
+    model = randomised(build_rnn(CAR, seed=3, dream_heads=True), 2)
+    assert model.count_params() == 422_368 + 2 * 257 and output_size(CAR, dream_heads=True) == 482
+    twin = RNNTwin({**export_weights(model), "task": np.str_("carracing"), "predicts_done": np.bool_(True),
+                    "predicts_reward": np.bool_(True)}, CAR)
+    x = np.random.default_rng(6).normal(size=(2, 30, 35)).astype(np.float32)
+    out = np.asarray(model(x)[0])
+    h, c = twin.initial_state(2)
+    for t in range(30):
+        params, h, c = twin.step(x[:, t], h, c)
+        np.testing.assert_allclose(params.done_logit, out[:, t, 0], atol=1e-5)
+        np.testing.assert_allclose(params.reward, out[:, t, 1], atol=1e-5)
+        np.testing.assert_allclose(params.logits, out[:, t, 2:].reshape(2, 32, 15)[..., :5], atol=1e-5)
+
+    n, steps = 3, 8
+    rng = np.random.default_rng(1)
+    batch = {"mu": rng.normal(size=(n, steps, 32)).astype(np.float32), "logvar": np.full((n, steps, 32), -20.0, np.float32),
+             "action": rng.normal(size=(n, steps, 3)).astype(np.float32),
+             "reward": rng.normal(size=(n, steps)).astype(np.float32), "done": np.zeros((n, steps), np.float32)}
+    batch["done"][1, 4] = 1.0
+    inputs, z_next, done_next = (np.asarray(v) for v in model.sequences(batch))
+    np.testing.assert_array_equal(done_next, batch["done"][:, :-1])  # the step whose action ended the episode
+    losses = {k: float(v) for k, v in model.losses_of(batch, training=False).items()}
+    params = np.asarray(model(inputs)[0])
+    want_reward = np.mean((params[..., 1] - batch["reward"][:, :-1]) ** 2)
+    want_done = float(done_loss(params[..., 0], done_next))
+    assert losses["reward_loss"] == pytest.approx(want_reward, rel=1e-4)
+    assert losses["done_loss"] == pytest.approx(want_done, rel=1e-4)
+    assert losses["loss"] == pytest.approx(losses["z_loss"] + want_done + want_reward, rel=1e-4)
