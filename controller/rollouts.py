@@ -3,6 +3,8 @@
 A job is a block of candidates (float64 parameter vectors) with the env seeds of their episodes;
 its result holds every episode's return and length. A worker builds its environment and agent once
 from a `RolloutSpec` (plain data, cheap to send), reading the exported V and M weights from disk.
+In the real env (`Rollouts`) the episodes are played one after another; in M's dream
+(`DreamRollouts`) all of a job's episodes are stepped together as one numpy batch.
 
 An exception inside an episode (an env crash) does not stop the run: the worker logs it, rebuilds
 its env and plays the episode again; a second failure scores the episode as failed (return NaN,
