@@ -278,9 +278,9 @@ def prepare(config: TrainConfig) -> tuple[Task, ControllerShape, Path, SearchSta
     if config.tau <= 0:
         raise UserError(f"--tau must be positive, got {config.tau}")
     run_dir = Path(config.out)
+    models = model_fingerprints(run_dir, task, shape.uses_m or "dream" in (config.env, config.eval_env))
     if "dream" in (config.env, config.eval_env):
         check_dream(run_dir, task)
-    models = model_fingerprints(run_dir, task, shape.uses_m or "dream" in (config.env, config.eval_env))
     out_dir = ensure_dir(run_dir / "controller" / config.name)
     ckpt = out_dir / CHECKPOINT
     if ckpt.exists():
