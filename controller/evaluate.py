@@ -26,7 +26,7 @@ from controller.agent import Agent, CollectionPolicy, play_episode
 from controller.artifacts import read_params
 from controller.es import TEST_RANGE, heldout_seeds
 from controller.model import controller_shape, default_mode
-from controller.pool import MPIPool, ProcessPool, SerialPool, mpi_world, serve_mpi, stop_mpi_workers
+from controller.pool import PoolScope, ProcessPool, SerialPool, mpi_world, serve_mpi
 from controller.rollouts import Job, RolloutSpec
 from controller.train import check_dream, model_fingerprints
 from env.cli import UserError, check_stage_flags, parse_config, run
@@ -131,19 +131,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if comm is not None and comm.Get_rank() > 0:
         serve_mpi(comm)
         return 0
-    pool = None
-    try:
+    with PoolScope(comm) as scope:
         config = parse_config(EvaluateConfig, argv)
         task, spec, params, loaded = resolve(config)
         eval_dir = ensure_dir(Path(config.out) / "eval")
         result_name = config.name + ("_dream" if config.env == "dream" else "")
         seeds = heldout_seeds(config.seed, config.episodes)
-        if comm is not None:
-            pool = MPIPool(comm, spec)
-        elif config.workers > 1 and config.episodes > 1:
-            pool = ProcessPool(spec, min(config.workers, config.episodes))
-        else:
-            pool = SerialPool(spec)
+        workers = min(config.workers, config.episodes)
+        pool = scope.open(spec, lambda spec: ProcessPool(spec, workers) if workers > 1 else SerialPool(spec))
         print(f"[stage 6] {task.name}: {loaded['policy']}, {config.episodes} {config.env} episodes on test seeds "
               f"{seeds[0]}..{seeds[-1]}, {pool.workers} worker(s)", flush=True)
         start = time.perf_counter()
@@ -175,12 +170,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"[stage 6] {task.name} {config.name}{where}: {mean:.1f} ± {std:.1f} (n={n}){failed}; "
               f"{seconds:.0f} s → {eval_dir / (result_name + '.json')}", flush=True)
         return 0
-    finally:
-        if comm is not None:
-            pool.close() if pool is not None else stop_mpi_workers(comm)
-        elif pool is not None:
-            pool.close()
-
 
 if __name__ == "__main__":
     run(main)

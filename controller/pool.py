@@ -16,7 +16,7 @@ import queue
 import time
 import traceback
 from collections import deque
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from controller.rollouts import Job, JobResult, RolloutSpec, Worker
 
@@ -135,6 +135,13 @@ def serve_mpi(comm) -> bool:
             rollouts.close()
 
 
+def serve_mpi_sessions(comm) -> None:
+    """Ranks 1..N-1 of a command that runs several stages in turn: serve each until rank 0 releases them."""
+    while True:
+        if not serve_mpi(comm):
+            return
+
+
 def release_mpi_workers(comm) -> None:
     """Tell ranks 1..N-1 that waiting in `serve_mpi` loops can end: no further session follows."""
     for rank in range(1, comm.Get_size()):
@@ -196,3 +203,25 @@ class ProcessPool:
             if process.is_alive():
                 process.terminate()
                 process.join()
+
+
+class PoolScope:
+    """Rank 0's side of a stage's pool: `open` builds it (MPI under mpirun, else `fallback(spec)`), and leaving
+    the scope always closes it — or, if rank 0 stopped before opening one, releases the waiting ranks."""
+
+    def __init__(self, comm):
+        self.comm = comm
+        self.pool = None
+
+    def open(self, spec: RolloutSpec, fallback: Callable[[RolloutSpec], Any]):
+        self.pool = MPIPool(self.comm, spec) if self.comm is not None else fallback(spec)
+        return self.pool
+
+    def __enter__(self) -> "PoolScope":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.close()
+        elif self.comm is not None:
+            stop_mpi_workers(self.comm)

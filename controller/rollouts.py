@@ -13,6 +13,7 @@ length 0) with a warning, and the trainer substitutes the generation's worst ret
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import resource
 import sys
@@ -95,10 +96,8 @@ class Rollouts:
 
     def _rebuild_env(self) -> None:
         if self.env is not None:
-            try:
+            with contextlib.suppress(Exception):  # a crashed env may fail to close too; it is dropped either way
                 self.env.close()
-            except Exception:
-                pass
         self.env = None
 
     def episode(self, seed: int) -> tuple[float, int, str]:
@@ -158,7 +157,7 @@ class DreamRollouts:
         return JobResult(dream.returns.reshape(k, episodes), dream.lengths.reshape(k, episodes), [], peak_rss_mb())
 
     def close(self) -> None:
-        pass
+        """Nothing to release: the dream holds no env."""
 
 
 def make_rollouts(spec: RolloutSpec) -> Rollouts | DreamRollouts:

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 from controller import evaluate, train
 from controller.model import default_mode
-from controller.pool import mpi_world, release_mpi_workers, serve_mpi
+from controller.pool import mpi_world, release_mpi_workers, serve_mpi_sessions
 from env.cli import UserError, check_stage_flags, parse_config, run
 from env.files import atomic_write, read_json, write_json
 from env.tasks import get_task
@@ -62,8 +62,7 @@ def score(result: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     comm = mpi_world()
     if comm is not None and comm.Get_rank() > 0:
-        while serve_mpi(comm):
-            pass
+        serve_mpi_sessions(comm)
         return 0
     try:
         return table(parse_config(TauTableConfig, argv))

@@ -27,7 +27,7 @@ import numpy as np
 from controller.artifacts import write_params
 from controller.es import CMAES, SearchState, selection_seeds, training_seeds
 from controller.model import ControllerShape, controller_shape
-from controller.pool import MPIPool, SerialPool, mpi_world, serve_mpi, stop_mpi_workers
+from controller.pool import PoolScope, SerialPool, mpi_world, serve_mpi
 from controller.rollouts import Job, JobResult, RolloutSpec
 from env.cli import UserError, check_stage_flags, parse_config, run
 from env.files import atomic_write, ensure_dir, stage_record, write_json
@@ -301,8 +301,7 @@ def main(argv: Sequence[str] | None = None, on_generation: Callable[[SearchState
     if comm is not None and comm.Get_rank() > 0:
         serve_mpi(comm)
         return 0
-    pool = None
-    try:
+    with PoolScope(comm) as scope:
         config = parse_config(TrainConfig, argv)
         task, shape, out_dir, state, spec = prepare(config)
         if state.generation >= config.generations:
@@ -310,7 +309,7 @@ def main(argv: Sequence[str] | None = None, on_generation: Callable[[SearchState
                   "(raise --generations to continue)", flush=True)
             return 0
         write_json(out_dir / "config.json", stage_record(config, models=state.models, n_params=shape.n_params))
-        pool = MPIPool(comm, spec) if comm is not None else SerialPool(spec)
+        pool = scope.open(spec, SerialPool)
         where = f"in M's dream at τ = {config.tau:g}" if config.env == "dream" else "in the real env"
         print(f"[stage 5] {task.name}: {shape.mode} controller ({shape.n_params:,} params) {where}, CMA-ES population "
               f"{config.popsize} x {config.num_episode} episodes, generations {state.generation + 1}.."
@@ -324,12 +323,6 @@ def main(argv: Sequence[str] | None = None, on_generation: Callable[[SearchState
         print(f"[stage 5] done: best evaluation {best['mean']:.1f} ± {best['std']:.1f} over {best['episodes']} "
               f"episodes at generation {best['generation']} → {out_dir / 'best.json'}", flush=True)
         return 0
-    finally:
-        if comm is not None:
-            pool.close() if pool is not None else stop_mpi_workers(comm)
-        elif pool is not None:
-            pool.close()
-
 
 if __name__ == "__main__":
     run(main)

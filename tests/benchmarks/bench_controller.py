@@ -45,7 +45,7 @@ class Constant:
         self.action = np.asarray(action, np.float32)
 
     def reset(self, rng):
-        pass
+        """No state to reset."""
 
     def act(self, obs):
         return self.action
