@@ -71,20 +71,36 @@ done
 OUT="${OUT:-runs/$TASK-$PRESET}"
 
 ensure_venv
-stage_flags() { "$PY" -m env.presets --task "$TASK" --preset "$PRESET" --stage "$1" --np "$NP"; }
+stage_flags() { "$PY" -m env.presets --task "$TASK" --preset "$PRESET" --stage "$1" --np "$NP" || exit 2; }
 
-# run_stage NUMBER NAME MODULE: one header line, the stage with its preset flags, its wall time.
-run_stage() {
-    local number="$1" name="$2" module="$3" flags start
-    flags="$(stage_flags "$name")" || exit 2
-    echo "=== stage $number: $name ($module) ==="
-    start=$SECONDS
-    # shellcheck disable=SC2086
-    "$PY" -m "$module" --task "$TASK" --out "$OUT" $flags
-    echo "[stage $number] wall time $((SECONDS - start)) s"
+# step NUMBER NAME COMMAND...: a header line, the command, its wall and CPU time (appended to OUT/stages.json).
+step() {
+    local number="$1" name="$2"
+    shift 2
+    "$PY" -m env.stagelog --out "$OUT" --stage "$number" --name "$name" -- "$@" || exit $?
 }
 
-run_stage 1 extract env.extract
-run_stage 2 vae vae.train
-run_stage 3 series vae.series
-run_stage 4 rnn rnn.train
+COMMON=(--task "$TASK" --out "$OUT")
+# A stage rerun with other settings (or on a retrained V or M) starts afresh; complete stages are skipped.
+AFRESH=(--restart-on-change true)
+LAUNCH=()
+if [[ "$NP" -gt 1 ]]; then
+    LAUNCH=("$VENV/bin/mpirun" -np "$NP")
+fi
+echo "[run.sh] $TASK, preset $PRESET, --np $NP → $OUT"
+
+F_EXTRACT="$(stage_flags extract)"; F_VAE="$(stage_flags vae)"; F_SERIES="$(stage_flags series)"
+F_RNN="$(stage_flags rnn)"; F_CONTROLLER="$(stage_flags controller)"; F_EVALUATE="$(stage_flags evaluate)"
+
+# shellcheck disable=SC2086  # preset flags are single words
+step 1 extract "$PY" -m env.extract "${COMMON[@]}" "${AFRESH[@]}" $F_EXTRACT
+step 2 vae "$PY" -m vae.train "${COMMON[@]}" $F_VAE
+step 3 series "$PY" -m vae.series "${COMMON[@]}" "${AFRESH[@]}" $F_SERIES
+step 4 rnn "$PY" -m rnn.train "${COMMON[@]}" $F_RNN
+step 5 controller "${LAUNCH[@]}" "$PY" -m controller.train "${COMMON[@]}" "${AFRESH[@]}" $F_CONTROLLER
+step 6 evaluate "$PY" -m controller.evaluate "${COMMON[@]}" --gif true $F_EVALUATE
+if [[ "$TASK" == doom ]]; then
+    step 6 evaluate-dream "$PY" -m controller.evaluate "${COMMON[@]}" --env dream $F_EVALUATE
+fi
+step 6 random "$PY" -m controller.evaluate "${COMMON[@]}" --random true $F_EVALUATE
+step 7 report "$PY" -m controller.report "${COMMON[@]}" --preset "$PRESET"

@@ -20,7 +20,7 @@ from typing import Protocol
 import numpy as np
 
 from controller.model import Controller, ControllerShape, features
-from env.policies import controller_to_env_action, make_collection_policy
+from env.policies import controller_to_env_action, make_policy
 from env.tasks import Task
 from rnn.twin import RNNTwin
 from vae.twin import EncoderTwin
@@ -84,8 +84,8 @@ class Agent:
         return action
 
 
-class CollectionPolicy:
-    """The task's random data-collection policy (stage 1's), as a Policy: the random baseline."""
+class RandomPolicy:
+    """The task's random baseline (Task.baseline_policy) as a Policy, drawn afresh each episode."""
 
     def __init__(self, task: Task):
         self.task = task
@@ -93,7 +93,7 @@ class CollectionPolicy:
         self.t = 0
 
     def reset(self, rng: np.random.Generator) -> None:
-        self.policy = make_collection_policy(self.task, rng)
+        self.policy = make_policy(self.task.baseline_policy, self.task, rng)
         self.t = 0
 
     def act(self, obs: np.ndarray) -> np.ndarray:

@@ -14,6 +14,9 @@ std (as the original's model.py), n, the params file, settings and git commit; p
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -22,7 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
-from controller.agent import Agent, CollectionPolicy, play_episode
+from controller.agent import Agent, RandomPolicy, play_episode
 from controller.artifacts import read_params
 from controller.es import TEST_RANGE, heldout_seeds
 from controller.model import controller_shape, default_mode
@@ -47,7 +50,7 @@ class EvaluateConfig:
     name: str = field(default="", metadata={
         "help": "controller to evaluate, OUT/controller/NAME/best.json; '' = the task's default mode (car zh, Doom zch)"})
     random: bool = field(default=False, metadata={
-        "help": "play the task's random data-collection policy instead (the baseline; written as eval/random.json)"})
+        "help": "play the task's random baseline instead (car: the Cauchy data-collection controller; Doom: a uniform action every step), written as eval/random.json"})
     episodes: int = field(default=100, metadata={"help": "episodes to play (the paper: 100)"})
     seed: int = field(default=0, metadata={"help": "offset into the test seed range: episode k plays test seed SEED + k"})
     max_steps: int = field(default=0, metadata={"help": "episode cap in env steps; 0 = the task's (car 1000, Doom 2100)"})
@@ -57,6 +60,27 @@ class EvaluateConfig:
     env: str = field(default="real", metadata={
         "help": "'real' env, or M's 'dream' (Doom; written as eval/NAME_dream.json)"})
     tau: float = field(default=1.15, metadata={"help": "the dream's temperature with --env dream"})
+    force: bool = field(default=False, metadata={
+        "help": "play again even if eval/NAME.json already holds this controller's result with these settings"})
+
+
+SETTINGS_THAT_DO_NOT_CHANGE_RESULTS = ("workers", "force", "gif")
+"""Episodes are pure functions of their seeds, so a result does not depend on these."""
+
+
+def up_to_date(path: Path, config: EvaluateConfig, loaded: dict) -> bool:
+    """True when `path` already holds the result of the same controller (or baseline) under the same settings."""
+    if config.force or not path.exists():
+        return False
+    try:
+        previous = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    now = {k: v for k, v in dataclasses.asdict(config).items() if k not in SETTINGS_THAT_DO_NOT_CHANGE_RESULTS}
+    before = {k: v for k, v in previous.get("settings", {}).items() if k not in SETTINGS_THAT_DO_NOT_CHANGE_RESULTS}
+    if config.gif and not Path(previous.get("gif", {}).get("file", path.with_suffix(".gif"))).exists():
+        return False
+    return before == now and all(previous.get(k) == v for k, v in loaded.items())
 
 
 def write_gif(path: Path, frames: list[np.ndarray], fps: int = 25) -> int:
@@ -74,7 +98,7 @@ def record_episode(spec: RolloutSpec, params: np.ndarray | None, seed: int, path
     """Replay the episode of `seed` in this process, saving its rendered frames as a GIF → (return, steps)."""
     task = get_task(spec.task)
     if spec.random_policy:
-        policy = CollectionPolicy(task)
+        policy = RandomPolicy(task)
     else:
         policy = Agent.load(Path(spec.run_dir), task, controller_shape(task, spec.mode))
         policy.set_params(params)
@@ -109,7 +133,7 @@ def resolve(config: EvaluateConfig) -> tuple[Task, RolloutSpec, np.ndarray | Non
     if config.random:
         config.name = config.name or "random"
         return task, RolloutSpec(str(run_dir), task.name, "", config.max_steps, random_policy=True), None, \
-            {"policy": f"random ({task.collect_policy}, the data-collection policy)"}
+            {"policy": f"random ({task.baseline_policy})"}
     config.name = config.name or default_mode(task)
     params_file = run_dir / "controller" / config.name / "best.json"
     shape, params, record = read_params(params_file, task)
@@ -118,6 +142,7 @@ def resolve(config: EvaluateConfig) -> tuple[Task, RolloutSpec, np.ndarray | Non
         raise UserError(f"{params_file}: this controller was trained with another V or M than {run_dir}/vae, "
                         f"rnn now hold; retrain it (stage 5) or evaluate the run it came from")
     loaded = {"policy": f"controller {shape.mode} ({shape.n_params} params)", "params_file": str(params_file),
+              "params_sha256": hashlib.sha256(np.ascontiguousarray(params, np.float64).tobytes()).hexdigest(),
               "mode": shape.mode, "generation": record.get("generation"), "selection_eval": record.get("evaluation"),
               "models": models}
     if config.env == "dream":
@@ -136,6 +161,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         task, spec, params, loaded = resolve(config)
         eval_dir = ensure_dir(Path(config.out) / "eval")
         result_name = config.name + ("_dream" if config.env == "dream" else "")
+        if up_to_date(eval_dir / f"{result_name}.json", config, loaded):
+            print(f"[stage 6] {eval_dir / (result_name + '.json')} already holds this evaluation; nothing to do "
+                  "(--force true plays it again)", flush=True)
+            return 0
         seeds = heldout_seeds(config.seed, config.episodes)
         workers = min(config.workers, config.episodes)
         pool = scope.open(spec, lambda spec: ProcessPool(spec, workers) if workers > 1 else SerialPool(spec))

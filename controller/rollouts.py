@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from controller.agent import Agent, CollectionPolicy, Policy, play_episode
+from controller.agent import Agent, RandomPolicy, Policy, play_episode
 from controller.model import BatchController, controller_shape, features
 from env.policies import controller_to_env_action
 from env.tasks import get_task
@@ -82,7 +82,7 @@ class Rollouts:
         self.spec = spec
         self.task = get_task(spec.task)
         if spec.random_policy:
-            self.policy: Policy = CollectionPolicy(self.task)
+            self.policy: Policy = RandomPolicy(self.task)
             self.agent = None
         else:
             self.agent = Agent.load(Path(spec.run_dir), self.task, controller_shape(self.task, spec.mode))

@@ -20,15 +20,13 @@ from typing import Any, Sequence
 
 from controller import evaluate, train
 from controller.model import default_mode
+from controller.paper import DOOM_RANDOM as PAPER_RANDOM
+from controller.paper import DOOM_TAU as PAPER
 from controller.pool import mpi_world, release_mpi_workers, serve_mpi_sessions
 from env.cli import UserError, check_stage_flags, parse_config, run
 from env.files import atomic_write, read_json, write_json
 from env.tasks import get_task
 
-PAPER = {0.10: ("2086 ± 140", "193 ± 58"), 0.50: ("2060 ± 277", "196 ± 50"), 1.00: ("1145 ± 690", "868 ± 511"),
-         1.15: ("918 ± 546", "1092 ± 556"), 1.30: ("732 ± 269", "753 ± 139")}
-"""τ → (score in the dream, score in the real env), 100 real episodes each (WMA: draft.md)."""
-PAPER_RANDOM = "210 ± 108"
 
 
 @dataclass
@@ -43,16 +41,6 @@ class TauTableConfig:
         "help": "extra controller.train flags for every τ, e.g. \"--popsize 16 --generations 50\""})
     workers: int = field(default=evaluate.EvaluateConfig.workers, metadata={
         "help": "evaluation processes without mpirun"})
-
-
-def fresh_eval(path: Path, params_generation: int | None, episodes: int) -> dict[str, Any] | None:
-    """An existing evaluation result of the same controller generation and size, or None."""
-    if not path.exists():
-        return None
-    result = read_json(path)
-    if result.get("generation") != params_generation or result.get("settings", {}).get("episodes") != episodes:
-        return None
-    return result
 
 
 def score(result: dict[str, Any]) -> str:
@@ -94,19 +82,15 @@ def table(config: TauTableConfig) -> int:
         settings = read_json(out / "controller" / name / "config.json")["settings"]
         results = {}
         for env, file in (("dream", f"{name}_dream.json"), ("real", f"{name}.json")):
-            path = out / "eval" / file
-            if fresh_eval(path, best.get("generation"), config.episodes) is None:
-                evaluate.main([*eval_flags, "--name", name, "--env", env, "--tau", str(tau)])
-            results[env] = read_json(path)
+            evaluate.main([*eval_flags, "--name", name, "--env", env, "--tau", str(tau)])
+            results[env] = read_json(out / "eval" / file)
         steps = sum(r["length_mean"] for r in history) * settings["popsize"] * settings["num_episode"]
         rows.append({"tau": tau, "name": name, "dream": results["dream"], "real": results["real"],
                      "generations": len(history), "best_generation": best["generation"],
                      "train_seconds": history[-1]["seconds"], "train_agent_steps": int(steps),
                      "popsize": settings["popsize"], "num_episode": settings["num_episode"]})
-    random_path = out / "eval" / "random.json"
-    if fresh_eval(random_path, None, config.episodes) is None:
-        evaluate.main([*eval_flags, "--random", "true"])
-    random = read_json(random_path)
+    evaluate.main([*eval_flags, "--random", "true"])
+    random = read_json(out / "eval" / "random.json")
 
     lines = ["| τ | score in dream (ours) | score in real env (ours) | paper: dream | paper: real | generations "
              "(best at) | training |", "|---|---|---|---|---|---|---|"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +41,7 @@ from vae.artifacts import load_weights as load_vae_weights
 CHECKPOINT = "checkpoint.pkl"
 CHECKPOINT_FORMAT = 1
 PLOT_EVERY_SECONDS = 30.0
-RESUMABLE_CHANGES = ("generations",)
+RESUMABLE_CHANGES = ("generations", "restart_on_change")
 """Settings a rerun may change and still continue the same search."""
 
 
@@ -71,6 +72,9 @@ class TrainConfig:
         "help": "L2 coefficient on mean(θ²), a penalty (original: 0.01 with the sign flipped, see README)"})
     antithetic: bool = field(default=True, metadata={"help": "candidates i and i + popsize/2 share episode seeds (original: on)"})
     seed: int = field(default=0, metadata={"help": "seeds CMA-ES and every training episode"})
+    restart_on_change: bool = field(default=False, metadata={
+        "help": "when OUT/controller/NAME holds a search with other settings or V/M, move it to NAME.previous and "
+                "start afresh (run.sh sets this); by default such a rerun is refused"})
 
 
 def fill_failed(returns: np.ndarray) -> tuple[np.ndarray, int]:
@@ -158,17 +162,24 @@ def save_checkpoint(path: Path, state: SearchState) -> None:
                                              protocol=pickle.HIGHEST_PROTOCOL))
 
 
-def check_resume(state: SearchState, config: TrainConfig, models: dict[str, str], ckpt: Path) -> None:
-    """Refuse to continue a search made with other settings or other V/M."""
+def resume_conflict(state: SearchState, config: TrainConfig, models: dict[str, str]) -> str:
+    """Why the checkpointed search cannot continue under `config` and these V/M; '' when it can."""
     now = dataclasses.asdict(config)
     changed = [k for k in now if k not in RESUMABLE_CHANGES and state.settings.get(k) != now[k]]
     if changed:
-        what = ", ".join(f"--{k.replace('_', '-')}={state.settings.get(k)!r} (now {now[k]!r})" for k in changed)
-        raise UserError(f"{ckpt.parent} holds a search run with {what}; rerun with those settings to continue, "
-                        f"or use another --name / delete {ckpt.parent}")
+        return "it was run with " + ", ".join(
+            f"--{k.replace('_', '-')}={state.settings.get(k)!r} (now {now[k]!r})" for k in changed)
     if state.models != models:
-        raise UserError(f"{ckpt.parent} was trained with another V or M than {config.out}/vae, rnn now hold; "
-                        f"delete {ckpt.parent} to train afresh")
+        return f"it was trained with another V or M than {config.out}/vae, rnn now hold"
+    return ""
+
+
+def check_resume(state: SearchState, config: TrainConfig, models: dict[str, str], ckpt: Path) -> None:
+    """Refuse to continue a search made with other settings or other V/M."""
+    conflict = resume_conflict(state, config, models)
+    if conflict:
+        raise UserError(f"{ckpt.parent} holds a search that cannot continue: {conflict}; rerun with its settings, "
+                        f"use another --name, --restart-on-change true, or delete {ckpt.parent}")
 
 
 def check_dream(run_dir: Path, task: Task) -> None:
@@ -283,6 +294,14 @@ def prepare(config: TrainConfig) -> tuple[Task, ControllerShape, Path, SearchSta
         check_dream(run_dir, task)
     out_dir = ensure_dir(run_dir / "controller" / config.name)
     ckpt = out_dir / CHECKPOINT
+    if ckpt.exists() and config.restart_on_change:
+        conflict = resume_conflict(load_checkpoint(ckpt), config, models)
+        if conflict:
+            previous = out_dir.with_name(out_dir.name + ".previous")
+            shutil.rmtree(previous, ignore_errors=True)
+            out_dir.rename(previous)
+            out_dir = ensure_dir(out_dir)
+            print(f"[stage 5] {out_dir} starts afresh: {conflict}; the previous search is now {previous}", flush=True)
     if ckpt.exists():
         state = load_checkpoint(ckpt)
         check_resume(state, config, models, ckpt)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import queue
+import shutil
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -44,6 +45,9 @@ class ExtractConfig:
         "help": "step cap per episode; 0 = the task's cap (car 1000, Doom 2100)"})
     workers: int = field(default=os.cpu_count() or 1, metadata={"help": "collection processes"})
     seed: int = field(default=0, metadata={"help": "episode i is a function of (seed, i)"})
+    restart_on_change: bool = field(default=False, metadata={
+        "help": "when OUT/record/ was collected with other settings, move it to OUT/record.previous and collect "
+                "afresh (run.sh sets this); by default that is refused"})
 
 
 def collect_episode(env, task: Task, config: ExtractConfig, index: int, record_dir: Path) -> int:
@@ -146,7 +150,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError(f"--max-steps must exceed {task.name}'s minimum kept episode length "
                         f"{task.min_episode_length}, got {config.max_steps}")
     record_dir = ensure_dir(Path(config.out) / "record")
-    check_settings(record_dir, config)
+    try:
+        check_settings(record_dir, config)
+    except UserError as err:
+        if not config.restart_on_change:
+            raise
+        previous = record_dir.with_name("record.previous")
+        shutil.rmtree(previous, ignore_errors=True)
+        record_dir.rename(previous)
+        record_dir = ensure_dir(record_dir)
+        print(f"[stage 1] collecting afresh: {err}; the previous episodes are now in {previous}", flush=True)
     for stale in record_dir.glob(".*.tmp"):
         stale.unlink()
     write_json(record_dir / "config.json", stage_record(config))

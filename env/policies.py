@@ -59,9 +59,23 @@ def repeat_uniform(task: Task, rng: np.random.Generator) -> Policy:
     return act
 
 
-POLICIES = {"cauchy_controller": cauchy_controller, "repeat_uniform": repeat_uniform}
+def uniform(task: Task, rng: np.random.Generator) -> Policy:
+    """The paper's Doom random agent: C's output drawn from U(-1, 1) afresh every step."""
+
+    def act(t: int) -> np.ndarray:
+        return controller_to_env_action(task, rng.uniform(-1.0, 1.0, task.action_dim))
+
+    return act
+
+
+POLICIES = {"cauchy_controller": cauchy_controller, "repeat_uniform": repeat_uniform, "uniform": uniform}
+
+
+def make_policy(name: str, task: Task, rng: np.random.Generator) -> Policy:
+    """A fresh random policy `name` (a key of POLICIES) for one episode of `task`."""
+    return POLICIES[name](task, rng)
 
 
 def make_collection_policy(task: Task, rng: np.random.Generator) -> Policy:
     """A fresh data-collection policy for one episode of `task`."""
-    return POLICIES[task.collect_policy](task, rng)
+    return make_policy(task.collect_policy, task, rng)

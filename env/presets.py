@@ -7,6 +7,7 @@ module for each stage's flags: `python -m env.presets --task T --preset P --stag
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Sequence
 
 from env.cli import UserError, run
@@ -15,19 +16,35 @@ from env.tasks import TASKS
 PRESETS: dict[str, dict[str, dict[str, dict[str, object]]]] = {
     "smoke": {
         "carracing": {"extract": {"episodes": 4, "max_steps": 150}, "vae": {"epochs": 1, "batch_size": 20},
-                      "rnn": {"steps": 4, "batch_size": 4, "seq_len": 150}},
+                      "rnn": {"steps": 4, "batch_size": 4, "seq_len": 150},
+                      "controller": {"popsize": 4, "num_episode": 1, "generations": 2, "eval_every": 2,
+                                     "eval_episodes": 2, "max_steps": 100},
+                      "evaluate": {"episodes": 4, "max_steps": 100}},
         "doom": {"extract": {"episodes": 4, "max_steps": 300}, "vae": {"epochs": 1, "batch_size": 20},
-                 "rnn": {"epochs": 2, "batch_size": 4, "seq_len": 50}},
+                 "rnn": {"epochs": 2, "batch_size": 4, "seq_len": 50},
+                 "controller": {"popsize": 4, "num_episode": 2, "generations": 2, "eval_every": 2,
+                                "eval_episodes": 4, "max_steps": 300},
+                 "evaluate": {"episodes": 4, "max_steps": 300}},
     },
     "small": {
-        "carracing": {"extract": {"episodes": 200}, "vae": {"epochs": 1}, "rnn": {"steps": 200}},
-        "doom": {"extract": {"episodes": 600}, "vae": {"epochs": 1}, "rnn": {"epochs": 30}},
+        "carracing": {"extract": {"episodes": 32}, "vae": {"epochs": 3}, "rnn": {"steps": 200, "batch_size": 25},
+                      "controller": {"popsize": 16, "num_episode": 2, "generations": 6, "eval_every": 3,
+                                     "eval_episodes": 16}},
+        "doom": {"extract": {"episodes": 400}, "vae": {"epochs": 8, "max_frames": 32000},
+                 "rnn": {"steps": 600, "batch_size": 20},
+                 "controller": {"popsize": 32, "num_episode": 8, "generations": 30, "eval_every": 10,
+                                "eval_episodes": 128}},
     },
     "paper": {
         "carracing": {"extract": {"episodes": 10_000}},
         "doom": {"extract": {"episodes": 10_000}},
     },
 }
+"""preset → task → stage → flag values. Stages: extract, vae, series, rnn, controller (stage 5) and
+evaluate (stage 6, also the random baseline). Anything not named here is the stage's default."""
+
+PARALLEL_STAGES = ("extract", "evaluate")
+"""Stages that take `--workers`: with --np N they use min(N, cores) processes (stage 5 runs under mpirun)."""
 
 
 def stage_flags(task: str, preset: str, stage: str, np_workers: int) -> list[str]:
@@ -37,8 +54,8 @@ def stage_flags(task: str, preset: str, stage: str, np_workers: int) -> list[str
     if task not in TASKS:
         raise UserError(f"unknown task {task!r}; choose one of: {', '.join(TASKS)}")
     values = dict(PRESETS[preset][task].get(stage, {}))
-    if stage == "extract" and np_workers > 1:
-        values.setdefault("workers", np_workers)
+    if stage in PARALLEL_STAGES and np_workers > 1:
+        values.setdefault("workers", min(np_workers, os.cpu_count() or 1))
     return [f"--{k.replace('_', '-')}={v}" for k, v in values.items()]
 
 

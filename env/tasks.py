@@ -41,6 +41,9 @@ class Task:
     """Stage 1 keeps only episodes with more steps than this (Doom: MIN_LENGTH 100)."""
     collect_policy: str
     """Data-collection policy: 'cauchy_controller' (car) or 'repeat_uniform' (Doom), ORIGINAL.md §4.1-4.2."""
+    baseline_policy: str
+    """The random baseline stage 6 measures (`--random`): car 'cauchy_controller' (the paper's random car
+    policy is its collection policy, §4.1); Doom 'uniform', an action drawn every step (the paper's 210 ± 108)."""
     collect_full_episode: bool
     """Stage 1 ignores the env's termination and plays to the cap (car: full_episode=True)."""
     z_size: int
@@ -86,6 +89,7 @@ TASKS: dict[str, Task] = {
         max_steps=1000,
         min_episode_length=0,
         collect_policy="cauchy_controller",
+        baseline_policy="cauchy_controller",
         collect_full_episode=True,
         z_size=32,
         rnn_units=256,
@@ -113,6 +117,7 @@ TASKS: dict[str, Task] = {
         max_steps=2100,
         min_episode_length=100,
         collect_policy="repeat_uniform",
+        baseline_policy="uniform",
         collect_full_episode=False,
         z_size=64,
         rnn_units=512,

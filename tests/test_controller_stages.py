@@ -112,9 +112,9 @@ def test_evaluate_plays_heldout_seeds_serially_in_processes_and_under_mpi(car_ru
     flags = ["--out", str(out), "--task", "carracing", "--episodes", "3", "--max-steps", "15"]
     assert evaluate.main([*flags, "--workers", "1", "--gif", "true"]) == 0
     serial = json.loads((out / "eval" / "zh.json").read_text())
-    assert evaluate.main([*flags, "--workers", "2"]) == 0
+    assert evaluate.main([*flags, "--workers", "2", "--force", "true"]) == 0
     parallel = json.loads((out / "eval" / "zh.json").read_text())
-    mpi = run_module("controller.evaluate", *flags, np_=3)
+    mpi = run_module("controller.evaluate", *flags, "--force", "true", np_=3)
     assert mpi.returncode == 0, mpi.stderr
     assert "± " in mpi.stdout and "(n=3)" in mpi.stdout
     under_mpi = json.loads((out / "eval" / "zh.json").read_text())
@@ -131,6 +131,27 @@ def test_evaluate_plays_heldout_seeds_serially_in_processes_and_under_mpi(car_ru
     assert evaluate.main([*flags, "--random", "true", "--workers", "1"]) == 0
     random = json.loads((out / "eval" / "random.json").read_text())
     assert random["policy"].startswith("random") and random["n"] == 3
+
+
+def test_evaluate_skips_a_result_it_already_holds_and_replays_on_any_change(car_run, tmp_path, capsys):
+    out = copy_models(car_run, tmp_path / "skip")
+    assert train.main(["--out", str(out), "--task", "carracing", *TINY, "--generations", "1"]) == 0
+    flags = ["--out", str(out), "--task", "carracing", "--episodes", "2", "--max-steps", "10", "--workers", "1"]
+    path = out / "eval" / "zh.json"
+    assert evaluate.main(flags) == 0
+    first = path.stat().st_mtime_ns
+    capsys.readouterr()
+    assert evaluate.main([*flags[:-1], "2"]) == 0  # another worker count: same episodes
+    assert "nothing to do" in capsys.readouterr().out and path.stat().st_mtime_ns == first
+    assert evaluate.main([*flags, "--max-steps", "11"]) == 0
+    assert "nothing to do" not in capsys.readouterr().out and json.loads(path.read_text())["episodes"][0]["length"] == 11
+    # A new search (other seed) writes a new best.json: its evaluation is played again.
+    assert train.main(["--out", str(out), "--task", "carracing", *TINY, "--generations", "1", "--seed", "5",
+                       "--restart-on-change", "true"]) == 0
+    assert (out / "controller" / "zh.previous" / "checkpoint.pkl").exists()
+    capsys.readouterr()
+    assert evaluate.main([*flags, "--max-steps", "11"]) == 0
+    assert "nothing to do" not in capsys.readouterr().out
 
 
 class CrashingEnv:
@@ -267,7 +288,7 @@ def test_tau_table_trains_scores_and_reuses_one_controller_per_temperature(tmp_p
     capsys.readouterr()
     assert tau_table.main(args) == 0
     again = capsys.readouterr().out
-    assert "nothing to do" in again and "[stage 6]" not in again  # trained and scored once
+    assert "already trained" in again and again.count("already holds this evaluation") == 5  # scored once
 
 
 def test_the_car_trains_in_the_dream_of_an_m_with_dream_heads(car_run, tmp_path):

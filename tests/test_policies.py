@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from env.policies import cauchy_controller, controller_to_env_action, repeat_uniform
+from env.policies import cauchy_controller, controller_to_env_action, make_policy, repeat_uniform
 from env.tasks import get_task
 
 CAR = get_task("carracing")
@@ -59,3 +59,17 @@ def test_repeat_uniform_draws_a_fresh_action_at_step_0():
     replay = np.random.default_rng(2)
     replay.integers(1, 11)
     assert first[0] == np.float32(replay.uniform(-1.0, 1.0))
+
+
+def test_doom_baseline_draws_a_fresh_uniform_action_every_step():
+    """The paper's random Doom agent changes action every step (no holding), uniform on [-1, 1]."""
+    assert DOOM.baseline_policy == "uniform" and CAR.baseline_policy == "cauchy_controller"
+    policy = make_policy(DOOM.baseline_policy, DOOM, np.random.default_rng(2))
+    actions = np.array([policy(t) for t in range(4000)])
+    assert actions.shape == (4000, 1) and actions.dtype == np.float32
+    assert np.all(np.abs(actions) <= 1)
+    assert np.mean(actions[1:, 0] == actions[:-1, 0]) == 0.0
+    counts, _ = np.histogram(actions[:, 0], bins=4, range=(-1, 1))
+    assert np.all(np.abs(counts - 1000) < 120)  # ±3.8σ of a binomial(4000, 1/4)
+    np.testing.assert_array_equal(
+        actions[:5, 0], np.random.default_rng(2).uniform(-1.0, 1.0, (5, 1))[:, 0].astype(np.float32))

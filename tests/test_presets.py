@@ -1,9 +1,12 @@
 """Presets only name real flags of real stages, and `paper` passes the original's defaults through."""
 
 import dataclasses
+import os
 
 import pytest
 
+from controller.evaluate import EvaluateConfig
+from controller.train import TrainConfig
 from env.cli import UserError
 from env.extract import ExtractConfig
 from env.presets import PRESETS, stage_flags
@@ -12,7 +15,8 @@ from rnn.train import RnnTrainConfig
 from vae.series import SeriesConfig
 from vae.train import VaeTrainConfig
 
-STAGE_CONFIGS = {"extract": ExtractConfig, "vae": VaeTrainConfig, "series": SeriesConfig, "rnn": RnnTrainConfig}
+STAGE_CONFIGS = {"extract": ExtractConfig, "vae": VaeTrainConfig, "series": SeriesConfig, "rnn": RnnTrainConfig,
+                 "controller": TrainConfig, "evaluate": EvaluateConfig}
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
@@ -34,10 +38,18 @@ def test_paper_preset_keeps_the_original_counts():
     rnn = RnnTrainConfig()
     assert (rnn.batch_size, rnn.learning_rate, rnn.grad_clip) == (100, 1e-3, 1.0)
     assert (rnn.steps, rnn.epochs, rnn.seq_len, rnn.lr_decay) == (0, 0, 0, 0.0)  # 0 = the task table's schedule
+    for task in TASKS:
+        assert stage_flags(task, "paper", "controller", 1) == stage_flags(task, "paper", "evaluate", 1) == []
+    c = TrainConfig()
+    assert (c.popsize, c.num_episode, c.eval_every, c.eval_episodes, c.sigma_init) == (64, 16, 25, 1024, 0.1)
+    assert EvaluateConfig().episodes == 100
 
 
 def test_workers_follow_np_and_bad_names_are_refused():
-    assert "--workers=4" in stage_flags("doom", "small", "extract", 4)
+    cores = os.cpu_count() or 1
+    assert f"--workers={min(4, cores)}" in stage_flags("doom", "small", "extract", 4)
+    assert f"--workers={min(4, cores)}" in stage_flags("carracing", "small", "evaluate", 4)
+    assert not any(f.startswith("--workers") for f in stage_flags("carracing", "small", "controller", 4))
     with pytest.raises(UserError, match="unknown preset"):
         stage_flags("doom", "huge", "extract", 1)
     with pytest.raises(UserError, match="unknown task"):

@@ -18,6 +18,7 @@ so that a retrained V is never mixed with series encoded by an older one.
 
 from __future__ import annotations
 
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -53,6 +54,9 @@ class SeriesConfig:
     out: str = field(default="", metadata={"help": "run directory: reads OUT/record/ and OUT/vae/, writes OUT/series/"})
     task: str = field(default="carracing", metadata={"help": "carracing or doom"})
     batch_size: int = field(default=1000, metadata={"help": "frames per encoder call (WME car series.py: 1000)"})
+    restart_on_change: bool = field(default=False, metadata={
+        "help": "when OUT/series/ was encoded by another V, delete it and encode afresh (run.sh sets this); "
+                "by default that is refused"})
 
 
 def write_series(path: Path, task: Task, mu: np.ndarray, logvar: np.ndarray, episode: dict) -> None:
@@ -103,7 +107,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_vae_dir(vae_dir, task)
     vae_id = fingerprint(vae_dir)
     series_dir = ensure_dir(out / "series")
-    check_previous(series_dir, task, vae_id)
+    try:
+        check_previous(series_dir, task, vae_id)
+    except UserError as err:
+        if not config.restart_on_change:
+            raise
+        shutil.rmtree(series_dir)
+        series_dir = ensure_dir(series_dir)
+        print(f"[stage 3] encoding afresh: {err}", flush=True)
     for stale in series_dir.glob(".*.tmp"):
         stale.unlink()
     record = stage_record(config, vae=vae_id)
