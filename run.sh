@@ -103,4 +103,5 @@ if [[ "$TASK" == doom ]]; then
     step 6 evaluate-dream "$PY" -m controller.evaluate "${COMMON[@]}" --env dream $F_EVALUATE
 fi
 step 6 random "$PY" -m controller.evaluate "${COMMON[@]}" --random true $F_EVALUATE
+step 7 visualize "$PY" -m rnn.visualize "${COMMON[@]}" --context 10
 step 7 report "$PY" -m controller.report "${COMMON[@]}" --preset "$PRESET"

@@ -185,8 +185,8 @@ def build(config: ReportConfig) -> tuple[str, Path]:
     pictures = [(c["dir"] / "fitness.png", f"CMA-ES fitness of `{c['name']}` (population mean, min–max, "
                  "evaluations of the distribution mean, σ)") for c in found]
     pictures += [(run_dir / "vae" / "recon.png", "V: real frames (top) and their reconstructions (bottom)")]
-    pictures += [(p, "M: real frames, V's reconstruction, and M's dream from the same start")
-                 for p in sorted((run_dir / "rnn").glob("dream_*.png"))[:1]]
+    pictures += [(p, "M: real frames (top), V's reconstructions, and M's dream after 10 real frames (bottom)")
+                 for p in sorted((run_dir / "rnn").glob("dream_*.png"))[-1:]]
     pictures += [(run_dir / "eval" / f"{c['name']}.gif", f"`{c['name']}`: the first evaluation episode")
                  for c in evaluated]
     for path, caption in pictures:
