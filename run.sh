@@ -94,14 +94,14 @@ F_RNN="$(stage_flags rnn)"; F_CONTROLLER="$(stage_flags controller)"; F_EVALUATE
 
 # shellcheck disable=SC2086  # preset flags are single words
 step 1 extract "$PY" -m env.extract "${COMMON[@]}" "${AFRESH[@]}" $F_EXTRACT
-step 2 vae "$PY" -m vae.train "${COMMON[@]}" $F_VAE
+step 2 vae "$PY" -m vae.train "${COMMON[@]}" "${AFRESH[@]}" $F_VAE
 step 3 series "$PY" -m vae.series "${COMMON[@]}" "${AFRESH[@]}" $F_SERIES
-step 4 rnn "$PY" -m rnn.train "${COMMON[@]}" $F_RNN
+step 4 rnn "$PY" -m rnn.train "${COMMON[@]}" "${AFRESH[@]}" $F_RNN
 step 5 controller "${LAUNCH[@]}" "$PY" -m controller.train "${COMMON[@]}" "${AFRESH[@]}" $F_CONTROLLER
 step 6 evaluate "$PY" -m controller.evaluate "${COMMON[@]}" --gif true $F_EVALUATE
 if [[ "$TASK" == doom ]]; then
     step 6 evaluate-dream "$PY" -m controller.evaluate "${COMMON[@]}" --env dream $F_EVALUATE
 fi
 step 6 random "$PY" -m controller.evaluate "${COMMON[@]}" --random true $F_EVALUATE
-step 7 visualize "$PY" -m rnn.visualize "${COMMON[@]}" --context 10
+step 7 visualize "$PY" -m rnn.visualize "${COMMON[@]}" --episode 0 --tau 1.0 --context 10
 step 7 report "$PY" -m controller.report "${COMMON[@]}" --preset "$PRESET"

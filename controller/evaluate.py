@@ -64,7 +64,7 @@ class EvaluateConfig:
         "help": "play again even if eval/NAME.json already holds this controller's result with these settings"})
 
 
-SETTINGS_THAT_DO_NOT_CHANGE_RESULTS = ("workers", "force", "gif")
+SETTINGS_THAT_DO_NOT_CHANGE_RESULTS = ("workers", "force", "gif", "out")
 """Episodes are pure functions of their seeds, so a result does not depend on these."""
 
 
@@ -76,9 +76,10 @@ def up_to_date(path: Path, config: EvaluateConfig, loaded: dict) -> bool:
         previous = json.loads(path.read_text())
     except (OSError, ValueError):
         return False
-    now = {k: v for k, v in dataclasses.asdict(config).items() if k not in SETTINGS_THAT_DO_NOT_CHANGE_RESULTS}
-    before = {k: v for k, v in previous.get("settings", {}).items() if k not in SETTINGS_THAT_DO_NOT_CHANGE_RESULTS}
-    if config.gif and not Path(previous.get("gif", {}).get("file", path.with_suffix(".gif"))).exists():
+    ignored = SETTINGS_THAT_DO_NOT_CHANGE_RESULTS + (("tau",) if config.env == "real" else ())
+    now = {k: v for k, v in dataclasses.asdict(config).items() if k not in ignored}
+    before = {k: v for k, v in previous.get("settings", {}).items() if k not in ignored}
+    if config.gif and not ("gif" in previous and Path(previous["gif"]["file"]).exists()):
         return False
     return before == now and all(previous.get(k) == v for k, v in loaded.items())
 

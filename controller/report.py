@@ -12,12 +12,15 @@ stage plots: fitness curve, V reconstructions, real vs dreamed frames, the first
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
+
+import numpy as np
 
 from controller.model import default_mode
 from controller.paper import CAR_OTHERS, CAR_TABLE1, DOOM_RANDOM, DOOM_TAU
@@ -26,6 +29,8 @@ from env.files import atomic_write, git_commit, read_json
 from env.stagelog import read_log
 from env.tasks import Task, get_task
 
+DREAM_STRIP = "dream_ep000000_tau1.00.png"
+"""The strip run.sh draws in stage 7: `rnn.visualize --episode 0 --tau 1.0 --context 10`."""
 STAGE_NAMES = {1: "collect rollouts", 2: "train V", 3: "encode series", 4: "train M", 5: "train C (CMA-ES)",
                6: "evaluate", 7: "report"}
 
@@ -67,10 +72,17 @@ def controllers(run_dir: Path, task: Task) -> list[dict[str, Any]]:
             continue
         config = read_optional(ctrl_dir / "config.json") or {}
         history = read_optional(ctrl_dir / "history.json") or []
+        best = read_json(ctrl_dir / "best.json")
+        sha = hashlib.sha256(np.ascontiguousarray(best.get("params", []), np.float64).tobytes()).hexdigest()
+        evaluations = {}
+        for env, file in (("real", f"{ctrl_dir.name}.json"), ("dream", f"{ctrl_dir.name}_dream.json")):
+            result = read_optional(run_dir / "eval" / file)
+            evaluations[env] = result if result and result.get("params_sha256") == sha else None
+            if result and evaluations[env] is None:
+                print(f"[stage 7] {run_dir / 'eval' / file} evaluated an earlier {ctrl_dir.name}; left out "
+                      "(rerun stage 6)", flush=True)
         found.append({"name": ctrl_dir.name, "dir": ctrl_dir, "settings": config.get("settings", {}),
-                      "history": history, "best": read_json(ctrl_dir / "best.json"),
-                      "real": read_optional(run_dir / "eval" / f"{ctrl_dir.name}.json"),
-                      "dream": read_optional(run_dir / "eval" / f"{ctrl_dir.name}_dream.json")})
+                      "history": history, "best": best, **evaluations})
     default = default_mode(task)
     return sorted(found, key=lambda c: (c["name"] != default, c["name"]))
 
@@ -158,6 +170,8 @@ def build(config: ReportConfig) -> tuple[str, Path]:
                   "how it was trained |", "|---|---|---|---|---|---|"]
         for c in found:
             tau = c["settings"].get("tau") if c["settings"].get("env") == "dream" else None
+            if c["dream"] and c["dream"].get("tau") != tau:
+                c["dream"] = None
             paper = DOOM_TAU.get(round(tau, 2), ("—", "—")) if tau is not None else ("—", "—")
             label = f"`{c['name']}`" + (f" τ = {tau:g}" if tau is not None else "")
             lines.append(f"| {label} | {score(c['dream'])} | {score(c['real'])} | {paper[0]} | {paper[1]} | "
@@ -185,8 +199,8 @@ def build(config: ReportConfig) -> tuple[str, Path]:
     pictures = [(c["dir"] / "fitness.png", f"CMA-ES fitness of `{c['name']}` (population mean, min–max, "
                  "evaluations of the distribution mean, σ)") for c in found]
     pictures += [(run_dir / "vae" / "recon.png", "V: real frames (top) and their reconstructions (bottom)")]
-    pictures += [(p, "M: real frames (top), V's reconstructions, and M's dream after 10 real frames (bottom)")
-                 for p in sorted((run_dir / "rnn").glob("dream_*.png"))[-1:]]
+    pictures += [(run_dir / "rnn" / DREAM_STRIP,
+                  "M: real frames (top), V's reconstructions, and M's dream at τ = 1 after 10 real frames (bottom)")]
     pictures += [(run_dir / "eval" / f"{c['name']}.gif", f"`{c['name']}`: the first evaluation episode")
                  for c in evaluated]
     for path, caption in pictures:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +30,7 @@ from controller.model import ControllerShape, controller_shape
 from controller.pool import PoolScope, SerialPool, mpi_world, serve_mpi
 from controller.rollouts import Job, JobResult, RolloutSpec
 from env.cli import UserError, check_stage_flags, parse_config, run
-from env.files import atomic_write, ensure_dir, stage_record, write_json
+from env.files import atomic_write, ensure_dir, set_aside, stage_record, write_json
 from env.tasks import Task, get_task
 from rnn.artifacts import fingerprint as rnn_fingerprint
 from rnn.artifacts import load_weights as load_rnn_weights
@@ -41,7 +40,7 @@ from vae.artifacts import load_weights as load_vae_weights
 CHECKPOINT = "checkpoint.pkl"
 CHECKPOINT_FORMAT = 1
 PLOT_EVERY_SECONDS = 30.0
-RESUMABLE_CHANGES = ("generations", "restart_on_change")
+RESUMABLE_CHANGES = ("generations", "restart_on_change", "out")
 """Settings a rerun may change and still continue the same search."""
 
 
@@ -297,9 +296,7 @@ def prepare(config: TrainConfig) -> tuple[Task, ControllerShape, Path, SearchSta
     if ckpt.exists() and config.restart_on_change:
         conflict = resume_conflict(load_checkpoint(ckpt), config, models)
         if conflict:
-            previous = out_dir.with_name(out_dir.name + ".previous")
-            shutil.rmtree(previous, ignore_errors=True)
-            out_dir.rename(previous)
+            previous = set_aside(out_dir)
             out_dir = ensure_dir(out_dir)
             print(f"[stage 5] {out_dir} starts afresh: {conflict}; the previous search is now {previous}", flush=True)
     if ckpt.exists():

@@ -9,7 +9,6 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import queue
-import shutil
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -21,7 +20,7 @@ from tqdm import tqdm
 
 from env.cli import UserError, check_stage_flags, parse_config, run
 from env.episodes import episode_path, write_episode
-from env.files import ensure_dir, read_json, stage_record, write_json
+from env.files import ensure_dir, read_json, set_aside, stage_record, write_json
 from env.policies import make_collection_policy
 from env.tasks import Task, get_task
 from env.wrappers import make_env
@@ -155,9 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as err:
         if not config.restart_on_change:
             raise
-        previous = record_dir.with_name("record.previous")
-        shutil.rmtree(previous, ignore_errors=True)
-        record_dir.rename(previous)
+        previous = set_aside(record_dir)
         record_dir = ensure_dir(record_dir)
         print(f"[stage 1] collecting afresh: {err}; the previous episodes are now in {previous}", flush=True)
     for stale in record_dir.glob(".*.tmp"):

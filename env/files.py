@@ -62,6 +62,18 @@ def ensure_dir(path: Path) -> Path:
     return path
 
 
+def set_aside(path: Path) -> Path:
+    """Rename the directory `path` to `<name>.previous` (or `.previous.2`, `.3`, ... if taken), keeping every
+    earlier one; → the new name. Used when a stage is rerun with other settings and starts afresh."""
+    path = Path(path)
+    target, k = path.with_name(path.name + ".previous"), 1
+    while target.exists():
+        k += 1
+        target = path.with_name(f"{path.name}.previous.{k}")
+    path.rename(target)
+    return target
+
+
 def git_commit() -> str:
     """The project's current commit (with '+dirty' when the tree has changes), or 'unknown'."""
     root = Path(__file__).resolve().parent.parent

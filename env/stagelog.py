@@ -45,17 +45,22 @@ def append_log(run_dir: Path, entry: dict) -> None:
 
 
 def run_step(run_dir: Path, stage: int, name: str, command: Sequence[str]) -> int:
-    """Run `command`, forwarding SIGINT/SIGTERM to it; log it; → its exit status."""
+    """Run `command` and log it → its exit status (128 + N when signal N ended it, as a shell reports).
+
+    The command shares this process group, so Ctrl-C reaches it directly and is ignored here while it
+    runs; a SIGTERM sent to this process alone is passed on."""
     print(f"=== stage {stage}: {name} ===", flush=True)
     wall, cpu = time.perf_counter(), children_cpu_seconds()
-    child = subprocess.Popen(list(command))
-    forward = lambda signum, frame: child.send_signal(signum)  # noqa: E731
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    child = None
+    previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
+                signal.SIGTERM: signal.signal(signal.SIGTERM, lambda signum, frame: child and child.terminate())}
     try:
+        child = subprocess.Popen(list(command), preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         code = child.wait()
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+    code = 128 - code if code < 0 else code
     wall, cpu = time.perf_counter() - wall, children_cpu_seconds() - cpu
     append_log(run_dir, {"stage": stage, "name": name, "command": " ".join(command), "wall_seconds": round(wall, 1),
                          "cpu_seconds": round(cpu, 1), "exit_code": code,

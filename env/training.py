@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from env.cli import UserError
-from env.files import ensure_dir, read_json
+from env.files import ensure_dir, read_json, set_aside
 
 CHECKPOINT_FILE = "checkpoint/train.weights.h5"
 LOG_FILES = ("checkpoint", "tensorboard", "log.csv")
@@ -39,9 +39,11 @@ def load_model(path: Path):
         raise UserError(f"{path}: cannot be loaded ({type(err).__name__}: {str(err).splitlines()[0]})") from None
 
 
-def check_previous(stage_dir: Path, record: dict, resumable: Sequence[str], model_file: str) -> str:
+def check_previous(stage_dir: Path, record: dict, resumable: Sequence[str], model_file: str,
+                   restart: bool = False) -> str:
     """'new', 'resume' or 'done' for a training stage's directory, comparing its `config.json` with
-    `record` (settings and data); a UserError naming what changed if it was trained differently.
+    `record` (settings and data); a UserError naming what changed if it was trained differently, or
+    with `restart`, the directory is set aside as `<name>.previous` and the stage starts afresh ('new').
     Settings named in `resumable` may change between a run and its resumption."""
     config_path = stage_dir / "config.json"
     if not config_path.exists():
@@ -53,7 +55,14 @@ def check_previous(stage_dir: Path, record: dict, resumable: Sequence[str], mode
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if changed:
         what = ", ".join(f"{k}={old.get(k)!r} (now {new.get(k)!r})" for k in changed)
-        raise UserError(f"{stage_dir} was trained with {what}; use another --out or delete {stage_dir}")
+        if not restart:
+            raise UserError(f"{stage_dir} was trained with {what}; use another --out, --restart-on-change true, "
+                            f"or delete {stage_dir}")
+        previous = set_aside(stage_dir)
+        ensure_dir(stage_dir)
+        print(f"{stage_dir} starts afresh: it was trained with {what}; the previous one is now {previous}",
+              flush=True)
+        return "new"
     return "done" if "result" in previous and (stage_dir / model_file).exists() else "resume"
 
 

@@ -27,7 +27,7 @@ from rnn.artifacts import MODEL_FILE
 from rnn.data import EpisodeBatches, SeriesSet, StreamBatches
 from vae.series import list_series
 
-RESUMABLE_SETTINGS = ("checkpoint_every", "out")
+RESUMABLE_SETTINGS = ("checkpoint_every", "out", "restart_on_change")
 INITIAL_Z_EPISODES = 1000
 """initial_z holds the first frame of this many episodes (WME rnn_train.py)."""
 STATE_FILE = "checkpoint/lstm_state.npz"
@@ -54,6 +54,9 @@ class RnnTrainConfig:
     grad_clip: float = field(default=1.0, metadata={"help": "element-wise gradient clip (WME: 1.0)"})
     checkpoint_every: int = field(default=100, metadata={"help": "steps between checkpoints"})
     seed: int = field(default=0, metadata={"help": "seeds initialisation, z re-sampling and batch order"})
+    restart_on_change: bool = field(default=False, metadata={
+        "help": "when OUT/rnn/ was trained with other settings or data, move it to OUT/rnn.previous and train "
+                "afresh (run.sh sets this); by default that is refused"})
     dream_heads: bool = field(default=False, metadata={
         "help": "car: also predict each step's done flag and reward, so that C can train in M's dream (not in the original)"})
 
@@ -179,7 +182,8 @@ def main(argv: Sequence[str] | None = None, extra_callbacks: Sequence = ()) -> i
     series_of = read_json(series_dir / "config.json").get("vae") if (series_dir / "config.json").exists() else None
     record = stage_record(config, data={"episodes": len(series), "frames": int(series.lengths.sum()),
                                         "vae": series_of})
-    state = check_previous(rnn_dir, record, RESUMABLE_SETTINGS, MODEL_FILE)
+    state = check_previous(rnn_dir, record, RESUMABLE_SETTINGS, MODEL_FILE,
+                           restart=config.restart_on_change)
     if state == "done":
         print(f"[stage 4] {rnn_dir} is already trained with these settings; nothing to do", flush=True)
         return 0

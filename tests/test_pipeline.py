@@ -28,19 +28,18 @@ def finished_stages(out):
         return []
 
 
-def kill_during(args, out, stage, delay, log_path):
-    """Start run.sh, SIGKILL its whole process group `delay` s after stage `stage - 1` finished."""
+def kill_during(args, out, stage, progress, log_path):
+    """Start run.sh and SIGKILL its whole process group as soon as its output shows `progress`."""
     with open(log_path, "w") as log:
         proc = start(args, log)
         deadline = time.monotonic() + 600
-        while stage - 1 not in finished_stages(out):
+        while progress not in log_path.read_text():
             assert proc.poll() is None, log_path.read_text()[-3000:]
             assert time.monotonic() < deadline
-            time.sleep(0.2)
-        time.sleep(delay)
+            time.sleep(0.1)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    assert stage not in finished_stages(out)
+    assert stage not in finished_stages(out) and stage - 1 in finished_stages(out)
 
 
 def rerun(args, log_path):
@@ -64,13 +63,16 @@ def check_complete(out, task, mode, extra_evals=()):
     return report
 
 
-@pytest.mark.parametrize("task, np_, kill_stage, delay", [("carracing", "1", 5, 8.0), ("doom", "2", 2, 5.0)])
-def test_smoke_pipeline_survives_a_kill_and_a_rerun(tmp_path, task, np_, kill_stage, delay):
+@pytest.mark.parametrize("task, np_, kill_stage, progress, resumed", [
+    ("carracing", "1", 5, "[stage 5] gen 1/2", "generations 2..2"),  # C continues after its first generation
+    ("doom", "2", 2, "[stage 2] doom: V", "[stage 2] doom: V"),  # V, killed before a checkpoint, trains again
+])
+def test_smoke_pipeline_survives_a_kill_and_a_rerun(tmp_path, task, np_, kill_stage, progress, resumed):
     out = tmp_path / "run"
     args = [task, "--preset", "smoke", "--np", np_, "--out", str(out)]
-    kill_during(args, out, kill_stage, delay, tmp_path / "killed.log")
+    kill_during(args, out, kill_stage, progress, tmp_path / "killed.log")
     text = rerun(args, tmp_path / "rerun.log")
-    assert f"=== stage {kill_stage}:" in text
+    assert resumed in text
     assert "4 already done" in text  # stage 1's episodes are kept
     if kill_stage > 4:
         assert text.count("already trained with these settings; nothing to do") == 2  # V and M
@@ -92,3 +94,26 @@ def test_run_sh_rejects_bad_arguments(tmp_path):
                           (["--np", "0"], "--np must be a positive integer")):
         result = subprocess.run([RUN_SH, *args], capture_output=True, text=True, timeout=120)
         assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
+
+
+def test_a_training_stage_rerun_with_other_settings_is_refused_or_set_aside(tmp_path, capsys):
+    from env.cli import UserError
+    from env.training import check_previous
+
+    stage = tmp_path / "vae"
+    stage.mkdir()
+    (stage / "config.json").write_text(json.dumps({"settings": {"epochs": 1, "out": "a"}, "data": {"frames": 9},
+                                                   "result": {}}))
+    (stage / "vae.keras").write_text("model")
+    same = {"settings": {"epochs": 1, "out": "b"}, "data": {"frames": 9}}
+    assert check_previous(stage, same, ("out",), "vae.keras") == "done"
+    other = {"settings": {"epochs": 2, "out": "a"}, "data": {"frames": 9}}
+    with pytest.raises(UserError, match="epochs=1 .now 2."):
+        check_previous(stage, other, ("out",), "vae.keras")
+    for k in (1, 3):
+        (stage / "config.json").write_text(json.dumps({"settings": {"epochs": k}, "data": {"frames": 9}}))
+        assert check_previous(stage, other, ("out",), "vae.keras", restart=True) == "new"
+        assert "starts afresh" in capsys.readouterr().out and not any(stage.iterdir())
+    assert json.loads((tmp_path / "vae.previous" / "config.json").read_text())["settings"]["epochs"] == 1
+    assert (tmp_path / "vae.previous" / "vae.keras").exists()  # the earlier run is kept, not deleted
+    assert json.loads((tmp_path / "vae.previous.2" / "config.json").read_text())["settings"]["epochs"] == 3

@@ -27,7 +27,7 @@ from vae.artifacts import MODEL_FILE
 PRECISIONS = ("float32", "mixed_bfloat16")
 PREVIEW_FRAMES = 8
 """Frames shown (with their reconstructions) in each epoch's PNG grid."""
-RESUMABLE_SETTINGS = ("checkpoint_every", "out")
+RESUMABLE_SETTINGS = ("checkpoint_every", "out", "restart_on_change")
 """Settings that may change between a run and its resumption; every other setting must match."""
 
 
@@ -48,6 +48,9 @@ class VaeTrainConfig:
     checkpoint_every: int = field(default=1000, metadata={"help": "steps between checkpoints"})
     precision: str = field(default="float32", metadata={"help": "float32 or mixed_bfloat16"})
     seed: int = field(default=0, metadata={"help": "seeds initialisation, sampling and the frame stream"})
+    restart_on_change: bool = field(default=False, metadata={
+        "help": "when OUT/vae/ was trained with other settings or data, move it to OUT/vae.previous and train "
+                "afresh (run.sh sets this); by default that is refused"})
 
 
 def count_frames(paths: Sequence[Path], task: Task) -> int:
@@ -154,7 +157,8 @@ def main(argv: Sequence[str] | None = None, extra_callbacks: Sequence = ()) -> i
                         f"{config.batch_size}")
     vae_dir = ensure_dir(out / "vae")
     record = stage_record(config, data={"episodes": len(paths), "frames": frames_recorded})
-    state = check_previous(vae_dir, record, RESUMABLE_SETTINGS, MODEL_FILE)
+    state = check_previous(vae_dir, record, RESUMABLE_SETTINGS, MODEL_FILE,
+                           restart=config.restart_on_change)
     if state == "done":
         print(f"[stage 2] {vae_dir} is already trained with these settings; nothing to do", flush=True)
         return 0
