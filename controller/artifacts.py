@@ -17,6 +17,7 @@ V and M weights the controller was trained with.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,11 @@ from env.files import read_json, write_json
 from env.tasks import Task
 
 MADE_BY = "stage 5, controller.train"
+
+
+def params_sha256(params) -> str:
+    """The fingerprint of a parameter vector (its float64 bytes): what stage 6 records and stage 7 matches."""
+    return hashlib.sha256(np.ascontiguousarray(params, np.float64).tobytes()).hexdigest()
 
 
 def write_params(path: Path, shape: ControllerShape, params: np.ndarray, **extra: Any) -> None:

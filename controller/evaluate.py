@@ -15,7 +15,6 @@ std (as the original's model.py), n, the params file, settings and git commit; p
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import time
@@ -26,7 +25,7 @@ from typing import Sequence
 import numpy as np
 
 from controller.agent import Agent, RandomPolicy, play_episode
-from controller.artifacts import read_params
+from controller.artifacts import params_sha256, read_params
 from controller.es import TEST_RANGE, heldout_seeds
 from controller.model import controller_shape, default_mode
 from controller.pool import PoolScope, ProcessPool, SerialPool, mpi_world, serve_mpi
@@ -143,7 +142,7 @@ def resolve(config: EvaluateConfig) -> tuple[Task, RolloutSpec, np.ndarray | Non
         raise UserError(f"{params_file}: this controller was trained with another V or M than {run_dir}/vae, "
                         f"rnn now hold; retrain it (stage 5) or evaluate the run it came from")
     loaded = {"policy": f"controller {shape.mode} ({shape.n_params} params)", "params_file": str(params_file),
-              "params_sha256": hashlib.sha256(np.ascontiguousarray(params, np.float64).tobytes()).hexdigest(),
+              "params_sha256": params_sha256(params),
               "mode": shape.mode, "generation": record.get("generation"), "selection_eval": record.get("evaluation"),
               "models": models}
     if config.env == "dream":

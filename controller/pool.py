@@ -137,9 +137,8 @@ def serve_mpi(comm) -> bool:
 
 def serve_mpi_sessions(comm) -> None:
     """Ranks 1..N-1 of a command that runs several stages in turn: serve each until rank 0 releases them."""
-    while True:
-        if not serve_mpi(comm):
-            return
+    while serve_mpi(comm):
+        continue
 
 
 def release_mpi_workers(comm) -> None:

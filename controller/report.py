@@ -12,7 +12,6 @@ stage plots: fitness curve, V reconstructions, real vs dreamed frames, the first
 
 from __future__ import annotations
 
-import hashlib
 import os
 import platform
 from dataclasses import dataclass, field
@@ -20,8 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
-
+from controller.artifacts import params_sha256
 from controller.model import default_mode
 from controller.paper import CAR_OTHERS, CAR_TABLE1, DOOM_RANDOM, DOOM_TAU
 from env.cli import UserError, parse_config, run
@@ -55,25 +53,23 @@ def read_optional(path: Path) -> Any:
 
 
 def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The CPU's model name from /proc/cpuinfo (Linux), else what `platform` knows."""
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else (platform.processor() or platform.machine())
 
 
 def controllers(run_dir: Path, task: Task) -> list[dict[str, Any]]:
     """Each trained controller (default mode first) with its settings, history and evaluations."""
     found = []
     for ctrl_dir in sorted((run_dir / "controller").glob("*/")):
-        if not (ctrl_dir / "best.json").exists() or ctrl_dir.name.endswith(".previous"):
+        if not (ctrl_dir / "best.json").exists() or ".previous" in ctrl_dir.name:
             continue
         config = read_optional(ctrl_dir / "config.json") or {}
         history = read_optional(ctrl_dir / "history.json") or []
         best = read_json(ctrl_dir / "best.json")
-        sha = hashlib.sha256(np.ascontiguousarray(best.get("params", []), np.float64).tobytes()).hexdigest()
+        sha = params_sha256(best.get("params", []))
         evaluations = {}
         for env, file in (("real", f"{ctrl_dir.name}.json"), ("dream", f"{ctrl_dir.name}_dream.json")):
             result = read_optional(run_dir / "eval" / file)

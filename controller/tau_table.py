@@ -28,7 +28,6 @@ from env.files import atomic_write, read_json, write_json
 from env.tasks import get_task
 
 
-
 @dataclass
 class TauTableConfig:
     """Train and score a Doom controller per dream temperature (the paper's τ table)."""

@@ -127,16 +127,14 @@ def _collect_parallel(config: ExtractConfig, pending: list[int], record_dir: Pat
     return frames
 
 
-def check_settings(record_dir: Path, config: ExtractConfig) -> None:
-    """Refuse to add episodes to a `record/` written with different settings."""
+def settings_change(record_dir: Path, config: ExtractConfig) -> str:
+    """How the settings `record/` was collected with differ from `config`; '' when they agree (or it is new)."""
     config_path = record_dir / "config.json"
     if not config_path.exists():
-        return
+        return ""
     previous = read_json(config_path).get("settings", {})
     changed = [k for k in COMPARED_SETTINGS if previous.get(k) != getattr(config, k)]
-    if changed:
-        what = ", ".join(f"{k}={previous.get(k)!r} (now {getattr(config, k)!r})" for k in changed)
-        raise UserError(f"{record_dir} was collected with {what}; use another --out or delete {record_dir}")
+    return ", ".join(f"{k}={previous.get(k)!r} (now {getattr(config, k)!r})" for k in changed)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -149,14 +147,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError(f"--max-steps must exceed {task.name}'s minimum kept episode length "
                         f"{task.min_episode_length}, got {config.max_steps}")
     record_dir = ensure_dir(Path(config.out) / "record")
-    try:
-        check_settings(record_dir, config)
-    except UserError as err:
-        if not config.restart_on_change:
-            raise
+    change = settings_change(record_dir, config)
+    if change and not config.restart_on_change:
+        raise UserError(f"{record_dir} was collected with {change}; use another --out, --restart-on-change true, "
+                        f"or delete {record_dir}")
+    if change:
         previous = set_aside(record_dir)
         record_dir = ensure_dir(record_dir)
-        print(f"[stage 1] collecting afresh: {err}; the previous episodes are now in {previous}", flush=True)
+        print(f"[stage 1] collecting afresh: {record_dir} was collected with {change}; the previous episodes are "
+              f"now in {previous}", flush=True)
     for stale in record_dir.glob(".*.tmp"):
         stale.unlink()
     write_json(record_dir / "config.json", stage_record(config))

@@ -41,6 +41,7 @@ def test_doom_report_puts_dream_and_real_scores_beside_the_tau_row(tmp_path):
     write(run / "eval" / "zch_dream.json", evaluation("doom", [1000, 800], tau=1.15))
     write(run / "eval" / "random.json", evaluation("doom", [200, 250, 150]))
     controller(run, "zch.previous", {"mode": "zch"}, 1)
+    controller(run, "zch.previous.2", {"mode": "zch"}, 1)
     append_log(run, {"stage": 5, "name": "controller", "wall_seconds": 120.0, "cpu_seconds": 200.0})
     append_log(run, {"stage": 5, "name": "controller", "wall_seconds": 60.0, "cpu_seconds": 100.0})
     text, path = report.build(report.ReportConfig(out=str(run), task="doom", preset="small"))
