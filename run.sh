@@ -71,13 +71,13 @@ done
 OUT="${OUT:-runs/$TASK-$PRESET}"
 
 ensure_venv
-stage_flags() { "$PY" -m env.presets --task "$TASK" --preset "$PRESET" --stage "$1" --np "$NP" || exit 2; }
+stage_flags() { "$PY" -m env.common.presets --task "$TASK" --preset "$PRESET" --stage "$1" --np "$NP" || exit 2; }
 
 # step NUMBER NAME COMMAND...: a header line, the command, its wall and CPU time (appended to OUT/stages.json).
 step() {
     local number="$1" name="$2"
     shift 2
-    "$PY" -m env.stagelog --out "$OUT" --stage "$number" --name "$name" -- "$@" || exit $?
+    "$PY" -m env.common.stagelog --out "$OUT" --stage "$number" --name "$name" -- "$@" || exit $?
 }
 
 COMMON=(--task "$TASK" --out "$OUT")
@@ -104,4 +104,4 @@ if [[ "$TASK" == doom ]]; then
 fi
 step 6 random "$PY" -m controller.evaluate "${COMMON[@]}" --random true $F_EVALUATE
 step 7 visualize "$PY" -m rnn.visualize "${COMMON[@]}" --episode 0 --tau 1.0 --context 10
-step 7 report "$PY" -m controller.report "${COMMON[@]}" --preset "$PRESET"
+step 7 report "$PY" -m controller.results.report "${COMMON[@]}" --preset "$PRESET"

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from controller.model import ControllerShape, controller_shape
-from env.cli import UserError
-from env.files import read_json, write_json
+from env.common.cli import UserError
+from env.common.files import read_json, write_json
 from env.tasks import Task
 
 MADE_BY = "stage 5, controller.train"

@@ -31,8 +31,8 @@ from controller.model import controller_shape, default_mode
 from controller.pool import PoolScope, ProcessPool, SerialPool, mpi_world, serve_mpi
 from controller.rollouts import Job, RolloutSpec
 from controller.train import check_dream, model_fingerprints
-from env.cli import UserError, check_stage_flags, parse_config, run
-from env.files import atomic_write, ensure_dir, stage_record, write_json
+from env.common.cli import UserError, check_stage_flags, parse_config, run
+from env.common.files import atomic_write, ensure_dir, stage_record, write_json
 from env.tasks import Task, get_task
 from env.wrappers import make_env
 

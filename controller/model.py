@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from env.cli import UserError, parse_config, run
+from env.common.cli import UserError, parse_config, run
 from env.tasks import Task, get_task
 
 MODES: dict[str, tuple[str, ...]] = {

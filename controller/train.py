@@ -29,8 +29,8 @@ from controller.es import CMAES, SearchState, selection_seeds, training_seeds
 from controller.model import ControllerShape, controller_shape
 from controller.pool import PoolScope, SerialPool, mpi_world, serve_mpi
 from controller.rollouts import Job, JobResult, RolloutSpec
-from env.cli import UserError, check_stage_flags, parse_config, run
-from env.files import atomic_write, ensure_dir, set_aside, stage_record, write_json
+from env.common.cli import UserError, check_stage_flags, parse_config, run
+from env.common.files import atomic_write, ensure_dir, set_aside, stage_record, write_json
 from env.tasks import Task, get_task
 from rnn.artifacts import fingerprint as rnn_fingerprint
 from rnn.artifacts import load_weights as load_rnn_weights

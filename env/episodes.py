@@ -26,8 +26,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from env.cli import UserError
-from env.files import atomic_write
+from env.common.cli import UserError
+from env.common.files import atomic_write
 from env.tasks import FRAME_SIZE, Task
 
 COMPRESS_LEVEL = 1

@@ -18,9 +18,9 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from env.cli import UserError, check_stage_flags, parse_config, run
+from env.common.cli import UserError, check_stage_flags, parse_config, run
 from env.episodes import episode_path, write_episode
-from env.files import ensure_dir, read_json, set_aside, stage_record, write_json
+from env.common.files import ensure_dir, read_json, set_aside, stage_record, write_json
 from env.policies import make_collection_policy
 from env.tasks import Task, get_task
 from env.wrappers import make_env

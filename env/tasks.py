@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from env.cli import UserError
+from env.common.cli import UserError
 
 FRAME_SIZE = 64
 """V sees 64×64×3 uint8 frames for both tasks (ORIGINAL.md §2.1)."""

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from env.artifacts import check_trained_dir, file_fingerprint, read_weights
-from env.cli import UserError
+from env.common.artifacts import check_trained_dir, file_fingerprint, read_weights
+from env.common.cli import UserError
 from env.tasks import Task
 
 MADE_BY = "stage 4, rnn.train"

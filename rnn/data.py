@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-from env.cli import UserError
+from env.common.cli import UserError
 from env.tasks import Task
 from vae.series import read_series
 

@@ -20,10 +20,10 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from env.cli import UserError, run
-from env.files import atomic_write
+from env.common.cli import UserError, run
+from env.common.files import atomic_write
 from env.tasks import TASKS, Task, get_task
-from env.training import load_model, save_model
+from env.common.training import load_model, save_model
 from rnn.artifacts import MODEL_FILE, WEIGHTS_FILE, check_rnn_dir
 
 MIXTURES = 5

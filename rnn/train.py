@@ -18,10 +18,10 @@ from typing import Sequence
 
 import numpy as np
 
-from env.cli import UserError, check_stage_flags, parse_config, run
-from env.files import atomic_write, ensure_dir, read_json, stage_record, write_json
+from env.common.cli import UserError, check_stage_flags, parse_config, run
+from env.common.files import atomic_write, ensure_dir, read_json, stage_record, write_json
 from env.tasks import Task, get_task
-from env.training import (check_previous, clear_previous, fit_from, last_logged, restore,
+from env.common.training import (check_previous, clear_previous, fit_from, last_logged, restore,
                           standard_callbacks)
 from rnn.artifacts import MODEL_FILE
 from rnn.data import EpisodeBatches, SeriesSet, StreamBatches

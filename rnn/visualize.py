@@ -15,9 +15,9 @@ from typing import Sequence
 
 import numpy as np
 
-from env.cli import UserError, check_stage_flags, parse_config, run
+from env.common.cli import UserError, check_stage_flags, parse_config, run
 from env.episodes import episode_path, read_episode
-from env.files import atomic_write
+from env.common.files import atomic_write
 from env.tasks import Task, get_task
 from rnn.twin import RNNTwin, sample_z
 from vae.series import read_series

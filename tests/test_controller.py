@@ -7,7 +7,7 @@ from controller import model as controller_model
 from controller.agent import Agent, AGENT_STREAM
 from controller.es import CMAES, SELECTION_BASE, TEST_BASE, TRAIN_RANGE, selection_seeds, heldout_seeds, training_seeds
 from controller.model import Controller, controller_shape
-from env.cli import UserError
+from env.common.cli import UserError
 from env.policies import controller_to_env_action
 from env.tasks import get_task
 from rnn.twin import RNNTwin

@@ -272,7 +272,7 @@ def test_user_errors_are_one_line_with_exit_2(car_run, tmp_path):
 
 
 def test_tau_table_trains_scores_and_reuses_one_controller_per_temperature(tmp_path, capsys):
-    from controller import tau_table
+    from controller.results import tau_table
 
     out = make_run(tmp_path, DOOM)
     args = ["--out", str(out), "--taus", "0.5,1.15", "--episodes", "2", "--workers", "1", "--train-flags",

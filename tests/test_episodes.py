@@ -5,7 +5,7 @@ import pytest
 
 from env.episodes import (FormatError, episode_path, frame_dataset, list_episodes, read_episode,
                           write_episode)
-from env.cli import UserError
+from env.common.cli import UserError
 from env.tasks import get_task
 
 CAR = get_task("carracing")

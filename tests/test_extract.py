@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from env import extract
-from env.cli import UserError
+from env.common.cli import UserError
 from env.episodes import list_episodes, read_episode
 from env.tasks import get_task
 from env.wrappers import make_env

@@ -97,8 +97,8 @@ def test_run_sh_rejects_bad_arguments(tmp_path):
 
 
 def test_a_training_stage_rerun_with_other_settings_is_refused_or_set_aside(tmp_path, capsys):
-    from env.cli import UserError
-    from env.training import check_previous
+    from env.common.cli import UserError
+    from env.common.training import check_previous
 
     stage = tmp_path / "vae"
     stage.mkdir()

@@ -7,9 +7,9 @@ import pytest
 
 from controller.evaluate import EvaluateConfig
 from controller.train import TrainConfig
-from env.cli import UserError
+from env.common.cli import UserError
 from env.extract import ExtractConfig
-from env.presets import PRESETS, stage_flags
+from env.common.presets import PRESETS, stage_flags
 from env.tasks import TASKS
 from rnn.train import RnnTrainConfig
 from vae.series import SeriesConfig

@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from controller import report
-from env.cli import UserError
-from env.stagelog import append_log
+from controller.results import report
+from env.common.cli import UserError
+from env.common.stagelog import append_log
 
 
 def write(path, value):

@@ -5,7 +5,7 @@ import keras
 import numpy as np
 import pytest
 
-from env.cli import UserError
+from env.common.cli import UserError
 from env.tasks import get_task
 from rnn.model import (DecayToFloor, MDNRNN, build_rnn, done_loss, export_weights, input_size, load_rnn,
                        mixture_nll, output_size, save_rnn, split_params)

@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from env.cli import UserError
+from env.common.cli import UserError
 from env.tasks import get_task
 from rnn import train
 from rnn.data import EpisodeBatches, SeriesSet, StreamBatches

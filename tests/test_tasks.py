@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from env.cli import UserError
+from env.common.cli import UserError
 from env.tasks import TASKS, get_task
 
 

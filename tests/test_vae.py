@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from env.cli import UserError
+from env.common.cli import UserError
 from env.tasks import get_task
 from env.wrappers import make_env
 from vae.model import (Conv2DTransposeFrom1x1, ConvVAE, build_vae, export_weights, kl_loss, load_vae,

@@ -9,10 +9,10 @@ import keras
 import numpy as np
 import pytest
 
-from env.cli import UserError
+from env.common.cli import UserError
 from env.episodes import episode_path, list_episodes, read_episode, write_episode
 from env.tasks import get_task
-from env.training import standard_callbacks
+from env.common.training import standard_callbacks
 from tests.conftest import ROOT
 from vae import series, train
 from vae.model import load_vae

@@ -15,10 +15,10 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from env.cli import UserError, run
-from env.files import atomic_write
+from env.common.cli import UserError, run
+from env.common.files import atomic_write
 from env.tasks import FRAME_SIZE, TASKS, Task, get_task
-from env.training import load_model, save_model
+from env.common.training import load_model, save_model
 from vae.artifacts import MODEL_FILE, WEIGHTS_FILE, check_vae_dir
 
 KL_TOLERANCE = 0.5

@@ -28,9 +28,9 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from env.cli import UserError, check_stage_flags, parse_config, run
+from env.common.cli import UserError, check_stage_flags, parse_config, run
 from env.episodes import FormatError, Schema, list_episodes, read_episode, read_npz, write_npz
-from env.files import ensure_dir, read_json, stage_record, write_json
+from env.common.files import ensure_dir, read_json, stage_record, write_json
 from env.tasks import FRAME_SIZE, Task, get_task
 from vae.artifacts import check_vae_dir, fingerprint
 

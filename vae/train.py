@@ -16,10 +16,10 @@ from typing import Sequence
 
 import numpy as np
 
-from env.cli import UserError, check_stage_flags, parse_config, run
+from env.common.cli import UserError, check_stage_flags, parse_config, run
 from env.episodes import frame_dataset, list_episodes, read_episode
-from env.files import atomic_write, ensure_dir, stage_record, write_json
-from env.training import (check_previous, clear_previous, fit_from, last_logged, restore,
+from env.common.files import atomic_write, ensure_dir, stage_record, write_json
+from env.common.training import (check_previous, clear_previous, fit_from, last_logged, restore,
                           standard_callbacks)
 from env.tasks import Task, get_task
 from vae.artifacts import MODEL_FILE

@@ -1,7 +1,7 @@
 """Scale presets: the one place where `smoke` and `small` shrink the original's counts.
 
 `paper` passes the stage defaults (the original code's values) through unchanged. run.sh asks this
-module for each stage's flags: `python -m env.presets --task T --preset P --stage S --np N`.
+module for each stage's flags: `python -m env.common.presets --task T --preset P --stage S --np N`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import argparse
 import os
 from typing import Sequence
 
-from env.cli import UserError, run
+from env.common.cli import UserError, run
 from env.tasks import TASKS
 
 PRESETS: dict[str, dict[str, dict[str, dict[str, object]]]] = {

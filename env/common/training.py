@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from env.cli import UserError
-from env.files import ensure_dir, read_json, set_aside
+from env.common.cli import UserError
+from env.common.files import ensure_dir, read_json, set_aside
 
 CHECKPOINT_FILE = "checkpoint/train.weights.h5"
 LOG_FILES = ("checkpoint", "tensorboard", "log.csv")

@@ -1,10 +1,10 @@
 """Stage 7: the run's report against the paper, `OUT/report.md`, regenerated from the run's files and printed.
 
-    python -m controller.report --task carracing --out runs/carracing-small --preset small
+    python -m controller.results.report --task carracing --out runs/carracing-small --preset small
 
 It reads what stages 1-6 wrote (nothing is re-run): every controller evaluated on held-out real episodes
 (`eval/<name>.json`: mean ± population std, n), the random baseline on the same seeds, the dream score
-for Doom, the τ table when `controller.tau_table` was run, CMA-ES history, and the wall and CPU time of
+for Doom, the τ table when `controller.results.tau_table` was run, CMA-ES history, and the wall and CPU time of
 each stage (`stages.json`, written by run.sh). Headlines are means over all evaluation episodes, never a
 best single episode. It draws `eval/returns.png`, a histogram of the evaluation returns, and embeds the
 stage plots: fitness curve, V reconstructions, real vs dreamed frames, the first evaluation episode.
@@ -21,10 +21,10 @@ from typing import Any, Sequence
 
 from controller.artifacts import params_sha256
 from controller.model import default_mode
-from controller.paper import CAR_OTHERS, CAR_TABLE1, DOOM_RANDOM, DOOM_TAU
-from env.cli import UserError, parse_config, run
-from env.files import atomic_write, git_commit, read_json
-from env.stagelog import read_log
+from controller.results.paper import CAR_OTHERS, CAR_TABLE1, DOOM_RANDOM, DOOM_TAU
+from env.common.cli import UserError, parse_config, run
+from env.common.files import atomic_write, git_commit, read_json
+from env.common.stagelog import read_log
 from env.tasks import Task, get_task
 
 DREAM_STRIP = "dream_ep000000_tau1.00.png"
@@ -175,7 +175,7 @@ def build(config: ReportConfig) -> tuple[str, Path]:
         lines.append(f"| random policy (uniform action every step) | — | {score(random)} | — | {DOOM_RANDOM} | — |")
         tau_table = run_dir / "tau_table.md"
         if tau_table.exists():
-            lines += ["", "### The τ table (`controller.tau_table`)", "", tau_table.read_text().strip()]
+            lines += ["", "### The τ table (`controller.results.tau_table`)", "", tau_table.read_text().strip()]
     lines.append("")
 
     lines += ["## Compute", ""] + stage_table(run_dir) + [""]

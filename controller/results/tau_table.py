@@ -1,8 +1,8 @@
 """The paper's temperature table for Doom: a controller trained in M's dream at each τ, scored in the dream
 and in the real game, beside the published numbers (ORIGINAL.md §6.4).
 
-    python -m controller.tau_table --out runs/doom --train-flags "--popsize 64 --generations 200"
-    mpirun -np 9 python -m controller.tau_table --out runs/doom
+    python -m controller.results.tau_table --out runs/doom --train-flags "--popsize 64 --generations 200"
+    mpirun -np 9 python -m controller.results.tau_table --out runs/doom
 
 For each τ it trains (stage 5, `OUT/controller/zch_tau<τ>/`; a finished one is reused, an interrupted
 one resumes), plays the best controller for `--episodes` held-out episodes in the dream at that τ and
@@ -20,11 +20,11 @@ from typing import Any, Sequence
 
 from controller import evaluate, train
 from controller.model import default_mode
-from controller.paper import DOOM_RANDOM as PAPER_RANDOM
-from controller.paper import DOOM_TAU as PAPER
+from controller.results.paper import DOOM_RANDOM as PAPER_RANDOM
+from controller.results.paper import DOOM_TAU as PAPER
 from controller.pool import mpi_world, release_mpi_workers, serve_mpi_sessions
-from env.cli import UserError, check_stage_flags, parse_config, run
-from env.files import atomic_write, read_json, write_json
+from env.common.cli import UserError, check_stage_flags, parse_config, run
+from env.common.files import atomic_write, read_json, write_json
 from env.tasks import get_task
 
 

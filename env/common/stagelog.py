@@ -1,6 +1,6 @@
 """Run one pipeline step for run.sh and log what it cost: a header line, the command, its wall and CPU time.
 
-    python -m env.stagelog --out OUT --stage 5 --name controller -- python -m controller.train ...
+    python -m env.common.stagelog --out OUT --stage 5 --name controller -- python -m controller.train ...
 
 Appends {"stage", "name", "command", "wall_seconds", "cpu_seconds", "exit_code", "finished"} to
 OUT/stages.json and exits with the command's status. CPU time is the user + system time of the command
@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
-from env.files import atomic_write, ensure_dir
+from env.common.files import atomic_write, ensure_dir
 
 LOG = "stages.json"
 
@@ -72,7 +72,7 @@ def run_step(run_dir: Path, stage: int, name: str, command: Sequence[str]) -> in
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    usage = "usage: python -m env.stagelog --out OUT --stage N --name NAME -- COMMAND..."
+    usage = "usage: python -m env.common.stagelog --out OUT --stage N --name NAME -- COMMAND..."
     if "--" not in args:
         print(usage, file=sys.stderr)
         return 2

@@ -8,8 +8,8 @@ from typing import Iterable
 
 import numpy as np
 
-from env.cli import UserError
-from env.files import read_json
+from env.common.cli import UserError
+from env.common.files import read_json
 from env.tasks import Task
 
 

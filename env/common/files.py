@@ -12,7 +12,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
-from env.cli import UserError
+from env.common.cli import UserError
 
 _VERSIONED = ("numpy", "gymnasium", "vizdoom", "tensorflow", "keras", "tensorflow-probability", "cma", "mpi4py")
 
@@ -76,7 +76,7 @@ def set_aside(path: Path) -> Path:
 
 def git_commit() -> str:
     """The project's current commit (with '+dirty' when the tree has changes), or 'unknown'."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                                 timeout=10, check=True).stdout.strip()
