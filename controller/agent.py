@@ -53,7 +53,7 @@ class Agent:
         self.restart = 1.0
 
     @classmethod
-    def load(cls, run_dir: Path, task: Task, shape: ControllerShape) -> "Agent":
+    def load(cls, run_dir: Path, task: Task, shape: ControllerShape) -> Agent:
         """Build from `run_dir/vae/weights.npz` and (when C reads M's state) `run_dir/rnn/weights.npz`."""
         encoder = EncoderTwin.load(Path(run_dir) / "vae", task)
         rnn = RNNTwin.load(Path(run_dir) / "rnn", task) if shape.uses_m else None

@@ -39,8 +39,16 @@ def params_sha256(params) -> str:
 
 def write_params(path: Path, shape: ControllerShape, params: np.ndarray, **extra: Any) -> None:
     """Atomically write a params file for `shape`'s controller."""
-    write_json(path, {"task": shape.task, "mode": shape.mode, "n_params": shape.n_params,
-                      "params": [float(v) for v in np.asarray(params, np.float64)], **extra})
+    write_json(
+        path,
+        {
+            "task": shape.task,
+            "mode": shape.mode,
+            "n_params": shape.n_params,
+            "params": [float(v) for v in np.asarray(params, np.float64)],
+            **extra,
+        },
+    )
 
 
 def read_params(path: Path, task: Task) -> tuple[ControllerShape, np.ndarray, dict[str, Any]]:
@@ -60,8 +68,9 @@ def read_params(path: Path, task: Task) -> tuple[ControllerShape, np.ndarray, di
     except (TypeError, ValueError):
         raise UserError(f"{path}: 'params' holds non-numbers") from None
     if params.shape != (shape.n_params,) or record.get("n_params") != shape.n_params:
-        raise UserError(f"{path}: {len(params)} params, but a {shape.mode} controller of {task.name} has "
-                        f"{shape.n_params}")
+        raise UserError(
+            f"{path}: {len(params)} params, but a {shape.mode} controller of {task.name} has {shape.n_params}"
+        )
     if not all(math.isfinite(v) for v in params):
         raise UserError(f"{path}: 'params' holds NaN or infinite values")
     return shape, params, record

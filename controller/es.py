@@ -42,13 +42,14 @@ class Randn:
 class CMAES:
     """ask/tell CMA-ES maximising reward: x0 = 0, σ0 = `sigma_init`, `popsize` candidates per generation."""
 
-    def __init__(self, n_params: int, sigma_init: float = 0.1, popsize: int = 64, weight_decay: float = 0.01,
-                 seed: int = 0):
+    def __init__(
+        self, n_params: int, sigma_init: float = 0.1, popsize: int = 64, weight_decay: float = 0.01, seed: int = 0
+    ):
         self.n_params = n_params
         self.weight_decay = weight_decay
-        self.es = cma.CMAEvolutionStrategy(np.zeros(n_params), sigma_init,
-                                           {"popsize": popsize, "seed": np.nan, "randn": Randn(seed),
-                                            "verbose": -9})
+        self.es = cma.CMAEvolutionStrategy(
+            np.zeros(n_params), sigma_init, {"popsize": popsize, "seed": np.nan, "randn": Randn(seed), "verbose": -9}
+        )
         self.solutions: np.ndarray | None = None
 
     @property
@@ -102,8 +103,16 @@ def training_seeds(seed: int, generation: int, popsize: int, episodes: int, anti
     """Env seeds int64 [popsize, episodes] of one generation; with `antithetic`, candidates i and
     i + popsize/2 share seeds (common random numbers, as the original)."""
     pairs = popsize // 2 if antithetic and popsize % 2 == 0 else popsize
-    seeds = np.array([np.random.SeedSequence([seed, generation, pair]).generate_state(episodes, np.uint32)
-                      for pair in range(pairs)], dtype=np.int64) % TRAIN_RANGE
+    seeds = (
+        np.array(
+            [
+                np.random.SeedSequence([seed, generation, pair]).generate_state(episodes, np.uint32)
+                for pair in range(pairs)
+            ],
+            dtype=np.int64,
+        )
+        % TRAIN_RANGE
+    )
     return np.concatenate([seeds] * (popsize // pairs))
 
 

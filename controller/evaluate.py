@@ -18,9 +18,9 @@ import dataclasses
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -44,23 +44,44 @@ GIF_FRAMES = 500
 class EvaluateConfig:
     """Evaluate a trained controller on fresh episodes of the real env (stage 6)."""
 
-    out: str = field(default="", metadata={"help": "run directory: reads OUT/vae/, OUT/rnn/, OUT/controller/NAME/; writes OUT/eval/"})
+    out: str = field(
+        default="", metadata={"help": "run directory: reads OUT/vae/, OUT/rnn/, OUT/controller/NAME/; writes OUT/eval/"}
+    )
     task: str = field(default="carracing", metadata={"help": "carracing or doom"})
-    name: str = field(default="", metadata={
-        "help": "controller to evaluate, OUT/controller/NAME/best.json; '' = the task's default mode (car zh, Doom zch)"})
-    random: bool = field(default=False, metadata={
-        "help": "play the task's random baseline instead (car: the Cauchy data-collection controller; Doom: a uniform action every step), written as eval/random.json"})
+    name: str = field(
+        default="",
+        metadata={
+            "help": "controller to evaluate, OUT/controller/NAME/best.json; '' = the task's default mode (car zh, Doom zch)"
+        },
+    )
+    random: bool = field(
+        default=False,
+        metadata={
+            "help": "play the task's random baseline instead (car: the Cauchy data-collection controller; Doom: a uniform action every step), written as eval/random.json"
+        },
+    )
     episodes: int = field(default=100, metadata={"help": "episodes to play (the paper: 100)"})
-    seed: int = field(default=0, metadata={"help": "offset into the test seed range: episode k plays test seed SEED + k"})
-    max_steps: int = field(default=0, metadata={"help": "episode cap in env steps; 0 = the task's (car 1000, Doom 2100)"})
-    workers: int = field(default=os.cpu_count() or 1, metadata={
-        "help": "worker processes when not under mpirun (under mpirun -np N: N - 1 ranks)"})
+    seed: int = field(
+        default=0, metadata={"help": "offset into the test seed range: episode k plays test seed SEED + k"}
+    )
+    max_steps: int = field(
+        default=0, metadata={"help": "episode cap in env steps; 0 = the task's (car 1000, Doom 2100)"}
+    )
+    workers: int = field(
+        default=os.cpu_count() or 1,
+        metadata={"help": "worker processes when not under mpirun (under mpirun -np N: N - 1 ranks)"},
+    )
     gif: bool = field(default=False, metadata={"help": "also record the first episode to OUT/eval/NAME.gif"})
-    env: str = field(default="real", metadata={
-        "help": "'real' env, or M's 'dream' (Doom; written as eval/NAME_dream.json)"})
+    env: str = field(
+        default="real", metadata={"help": "'real' env, or M's 'dream' (Doom; written as eval/NAME_dream.json)"}
+    )
     tau: float = field(default=1.15, metadata={"help": "the dream's temperature with --env dream"})
-    force: bool = field(default=False, metadata={
-        "help": "play again even if eval/NAME.json already holds this controller's result with these settings"})
+    force: bool = field(
+        default=False,
+        metadata={
+            "help": "play again even if eval/NAME.json already holds this controller's result with these settings"
+        },
+    )
 
 
 SETTINGS_THAT_DO_NOT_CHANGE_RESULTS = ("workers", "force", "gif", "out")
@@ -89,8 +110,12 @@ def write_gif(path: Path, frames: list[np.ndarray], fps: int = 25) -> int:
 
     step = max(1, -(-len(frames) // GIF_FRAMES))
     images = [Image.fromarray(np.asarray(f, np.uint8)) for f in frames[::step]]
-    atomic_write(path, lambda f: images[0].save(f, format="GIF", save_all=True, append_images=images[1:],
-                                                duration=int(1000 * step / fps), loop=0))
+    atomic_write(
+        path,
+        lambda f: images[0].save(
+            f, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 * step / fps), loop=0
+        ),
+    )
     return len(images)
 
 
@@ -119,7 +144,9 @@ def resolve(config: EvaluateConfig) -> tuple[Task, RolloutSpec, np.ndarray | Non
     if config.max_steps < 0:
         raise UserError(f"--max-steps must be ≥ 0 (0 = the task's cap), got {config.max_steps}")
     if config.seed < 0 or config.seed + config.episodes > TEST_RANGE:
-        raise UserError(f"--seed plus --episodes must stay within [0, {TEST_RANGE}], got {config.seed} + {config.episodes}")
+        raise UserError(
+            f"--seed plus --episodes must stay within [0, {TEST_RANGE}], got {config.seed} + {config.episodes}"
+        )
     config.max_steps = config.max_steps or task.max_steps
     if config.env not in ("real", "dream"):
         raise UserError(f"--env must be 'real' or 'dream', got {config.env!r}")
@@ -132,19 +159,30 @@ def resolve(config: EvaluateConfig) -> tuple[Task, RolloutSpec, np.ndarray | Non
         check_dream(run_dir, task)
     if config.random:
         config.name = config.name or "random"
-        return task, RolloutSpec(str(run_dir), task.name, "", config.max_steps, random_policy=True), None, \
-            {"policy": f"random ({task.baseline_policy})"}
+        return (
+            task,
+            RolloutSpec(str(run_dir), task.name, "", config.max_steps, random_policy=True),
+            None,
+            {"policy": f"random ({task.baseline_policy})"},
+        )
     config.name = config.name or default_mode(task)
     params_file = run_dir / "controller" / config.name / "best.json"
     shape, params, record = read_params(params_file, task)
     models = model_fingerprints(run_dir, task, shape.uses_m or "rnn" in (record.get("models") or {}))
     if record.get("models") != models:
-        raise UserError(f"{params_file}: this controller was trained with another V or M than {run_dir}/vae, "
-                        f"rnn now hold; retrain it (stage 5) or evaluate the run it came from")
-    loaded = {"policy": f"controller {shape.mode} ({shape.n_params} params)", "params_file": str(params_file),
-              "params_sha256": params_sha256(params),
-              "mode": shape.mode, "generation": record.get("generation"), "selection_eval": record.get("evaluation"),
-              "models": models}
+        raise UserError(
+            f"{params_file}: this controller was trained with another V or M than {run_dir}/vae, "
+            f"rnn now hold; retrain it (stage 5) or evaluate the run it came from"
+        )
+    loaded = {
+        "policy": f"controller {shape.mode} ({shape.n_params} params)",
+        "params_file": str(params_file),
+        "params_sha256": params_sha256(params),
+        "mode": shape.mode,
+        "generation": record.get("generation"),
+        "selection_eval": record.get("evaluation"),
+        "models": models,
+    }
     if config.env == "dream":
         loaded["tau"] = config.tau
     spec = RolloutSpec(str(run_dir), task.name, shape.mode, config.max_steps, env=config.env, tau=config.tau)
@@ -162,20 +200,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         eval_dir = ensure_dir(Path(config.out) / "eval")
         result_name = config.name + ("_dream" if config.env == "dream" else "")
         if up_to_date(eval_dir / f"{result_name}.json", config, loaded):
-            print(f"[stage 6] {eval_dir / (result_name + '.json')} already holds this evaluation; nothing to do "
-                  "(--force true plays it again)", flush=True)
+            print(
+                f"[stage 6] {eval_dir / (result_name + '.json')} already holds this evaluation; nothing to do "
+                "(--force true plays it again)",
+                flush=True,
+            )
             return 0
         seeds = heldout_seeds(config.seed, config.episodes)
         workers = min(config.workers, config.episodes)
         pool = scope.open(spec, lambda spec: ProcessPool(spec, workers) if workers > 1 else SerialPool(spec))
-        print(f"[stage 6] {task.name}: {loaded['policy']}, {config.episodes} {config.env} episodes on test seeds "
-              f"{seeds[0]}..{seeds[-1]}, {pool.workers} worker(s)", flush=True)
+        print(
+            f"[stage 6] {task.name}: {loaded['policy']}, {config.episodes} {config.env} episodes on test seeds "
+            f"{seeds[0]}..{seeds[-1]}, {pool.workers} worker(s)",
+            flush=True,
+        )
         start = time.perf_counter()
         job_params = None if params is None else params[None]
         if config.env == "dream":
             chunks = [c for c in np.array_split(seeds, pool.workers) if len(c)]
         else:
-            chunks = [seeds[i:i + 1] for i in range(len(seeds))]
+            chunks = [seeds[i : i + 1] for i in range(len(seeds))]
         results = pool.map([Job(job_params, chunk[None]) for chunk in chunks])
         seconds = time.perf_counter() - start
         returns = np.concatenate([r.returns[0] for r in results])
@@ -185,10 +229,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not done.any():
             raise RuntimeError("every evaluation episode failed; see the warnings above")
         mean, std, n = float(returns[done].mean()), float(returns[done].std()), int(done.sum())
-        summary = {"task": task.name, "name": config.name, **loaded, "n": n, "mean": mean, "std": std,
-                   "failed_episodes": len(failures), "seconds": round(seconds, 1),
-                   "episodes": [{"seed": int(s), "return": None if np.isnan(r) else float(r), "length": int(n_)}
-                                for s, r, n_ in zip(seeds, returns, lengths)]}
+        summary = {
+            "task": task.name,
+            "name": config.name,
+            **loaded,
+            "n": n,
+            "mean": mean,
+            "std": std,
+            "failed_episodes": len(failures),
+            "seconds": round(seconds, 1),
+            "episodes": [
+                {"seed": int(s), "return": None if np.isnan(r) else float(r), "length": int(n_)}
+                for s, r, n_ in zip(seeds, returns, lengths)
+            ],
+        }
         if config.gif:
             gif_path = eval_dir / f"{config.name}.gif"
             total, steps = record_episode(spec, params, int(seeds[0]), gif_path)
@@ -196,9 +250,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_json(eval_dir / f"{result_name}.json", {**stage_record(config), **summary})
         failed = f", {len(failures)} failed episodes left out" if failures else ""
         where = f" in the dream (τ = {config.tau:g})" if config.env == "dream" else ""
-        print(f"[stage 6] {task.name} {config.name}{where}: {mean:.1f} ± {std:.1f} (n={n}){failed}; "
-              f"{seconds:.0f} s → {eval_dir / (result_name + '.json')}", flush=True)
+        print(
+            f"[stage 6] {task.name} {config.name}{where}: {mean:.1f} ± {std:.1f} (n={n}){failed}; "
+            f"{seconds:.0f} s → {eval_dir / (result_name + '.json')}",
+            flush=True,
+        )
         return 0
+
 
 if __name__ == "__main__":
     run(main)

@@ -16,8 +16,8 @@ Doom's controller has no biases (the task table's `controller_bias`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 
@@ -79,10 +79,15 @@ def controller_shape(task: Task, mode: str = "") -> ControllerShape:
         raise UserError(f"unknown controller mode {mode!r}; choose one of: {', '.join(MODES)}")
     features = MODES[mode]
     sizes = {"z": task.z_size, "c": task.rnn_units, "h": task.rnn_units}
-    return ControllerShape(task=task.name, mode=mode, features=features,
-                           input_size=sum(sizes[f] for f in features),
-                           hidden=HIDDEN_UNITS if mode == "z_hidden" else 0,
-                           output_size=task.action_dim, bias=task.controller_bias)
+    return ControllerShape(
+        task=task.name,
+        mode=mode,
+        features=features,
+        input_size=sum(sizes[f] for f in features),
+        hidden=HIDDEN_UNITS if mode == "z_hidden" else 0,
+        output_size=task.action_dim,
+        bias=task.controller_bias,
+    )
 
 
 class Controller:
@@ -91,17 +96,18 @@ class Controller:
     def __init__(self, shape: ControllerShape, params: np.ndarray):
         params = np.asarray(params, dtype=np.float64)
         if params.shape != (shape.n_params,):
-            raise ValueError(f"{shape.mode} controller of {shape.task} takes {shape.n_params} parameters, "
-                             f"got shape {params.shape}")
+            raise ValueError(
+                f"{shape.mode} controller of {shape.task} takes {shape.n_params} parameters, got shape {params.shape}"
+            )
         self.shape = shape
         self.layers: list[tuple[np.ndarray, np.ndarray | None]] = []
         offset = 0
         for fan_in, fan_out in shape.layers:
             bias = None
             if shape.bias:
-                bias = params[offset:offset + fan_out]
+                bias = params[offset : offset + fan_out]
                 offset += fan_out
-            weight = params[offset:offset + fan_in * fan_out].reshape(fan_in, fan_out)
+            weight = params[offset : offset + fan_in * fan_out].reshape(fan_in, fan_out)
             offset += fan_in * fan_out
             self.layers.append((weight, bias))
 
@@ -160,9 +166,11 @@ def features(shape: ControllerShape, z: np.ndarray, h: np.ndarray, c: np.ndarray
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_config(ModelConfig, argv)
     shape = controller_shape(get_task(args.task), args.mode)
-    print(f"{shape.task} controller, mode {shape.mode} ({' + '.join(shape.features)} → "
-          f"{f'{shape.hidden} tanh → ' if shape.hidden else ''}{shape.output_size} tanh, "
-          f"{'with' if shape.bias else 'no'} bias): {shape.n_params:,} parameters")
+    print(
+        f"{shape.task} controller, mode {shape.mode} ({' + '.join(shape.features)} → "
+        f"{f'{shape.hidden} tanh → ' if shape.hidden else ''}{shape.output_size} tanh, "
+        f"{'with' if shape.bias else 'no'} bias): {shape.n_params:,} parameters"
+    )
     return 0
 
 

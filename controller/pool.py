@@ -16,7 +16,8 @@ import queue
 import time
 import traceback
 from collections import deque
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from controller.rollouts import Job, JobResult, RolloutSpec, Worker
 
@@ -171,8 +172,10 @@ class ProcessPool:
         ctx = mp.get_context("spawn")
         self.workers = workers
         self.jobs, self.results = ctx.Queue(), ctx.Queue()
-        self.processes = [ctx.Process(target=_process_worker, args=(spec, self.jobs, self.results), daemon=True)
-                          for _ in range(workers)]
+        self.processes = [
+            ctx.Process(target=_process_worker, args=(spec, self.jobs, self.results), daemon=True)
+            for _ in range(workers)
+        ]
         for process in self.processes:
             process.start()
 
@@ -216,7 +219,7 @@ class PoolScope:
         self.pool = MPIPool(self.comm, spec) if self.comm is not None else fallback(spec)
         return self.pool
 
-    def __enter__(self) -> "PoolScope":
+    def __enter__(self) -> PoolScope:
         return self
 
     def __exit__(self, *exc) -> None:

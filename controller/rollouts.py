@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from controller.agent import Agent, RandomPolicy, Policy, play_episode
+from controller.agent import Agent, Policy, RandomPolicy, play_episode
 from controller.model import BatchController, controller_shape, features
 from env.policies import controller_to_env_action
 from env.tasks import get_task

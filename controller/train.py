@@ -18,9 +18,10 @@ from __future__ import annotations
 import dataclasses
 import pickle
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -48,32 +49,61 @@ RESUMABLE_CHANGES = ("generations", "restart_on_change", "out")
 class TrainConfig:
     """Train the controller with CMA-ES (stage 5)."""
 
-    out: str = field(default="", metadata={"help": "run directory: reads OUT/vae/, OUT/rnn/; writes OUT/controller/NAME/"})
+    out: str = field(
+        default="", metadata={"help": "run directory: reads OUT/vae/, OUT/rnn/; writes OUT/controller/NAME/"}
+    )
     task: str = field(default="carracing", metadata={"help": "carracing or doom"})
-    mode: str = field(default="", metadata={
-        "help": "controller features: z, zh, zc, zch, z_hidden; '' = the task's (car zh, Doom zch)"})
+    mode: str = field(
+        default="",
+        metadata={"help": "controller features: z, zh, zc, zch, z_hidden; '' = the task's (car zh, Doom zch)"},
+    )
     name: str = field(default="", metadata={"help": "controller directory name under OUT/controller/; '' = the mode"})
     popsize: int = field(default=64, metadata={"help": "CMA-ES population (original: 64 workers x 1 trial)"})
-    num_episode: int = field(default=16, metadata={"help": "episodes per candidate; fitness = their mean (original: 16)"})
-    generations: int = field(default=1800, metadata={
-        "help": "generations to run (the original ran until stopped; both shipped runs ended at 1,800)"})
-    eval_every: int = field(default=25, metadata={"help": "evaluate the distribution mean every N generations (original: 25)"})
-    eval_episodes: int = field(default=1024, metadata={
-        "help": "episodes of each evaluation, on a fixed seed set (original: 64 x 16 = 1,024)"})
-    max_steps: int = field(default=0, metadata={"help": "episode cap in env steps; 0 = the task's (car 1000, Doom 2100)"})
-    env: str = field(default="", metadata={
-        "help": "where C trains: 'real' env or M's 'dream'; '' = the task's (car real, Doom dream, as the original)"})
+    num_episode: int = field(
+        default=16, metadata={"help": "episodes per candidate; fitness = their mean (original: 16)"}
+    )
+    generations: int = field(
+        default=1800,
+        metadata={"help": "generations to run (the original ran until stopped; both shipped runs ended at 1,800)"},
+    )
+    eval_every: int = field(
+        default=25, metadata={"help": "evaluate the distribution mean every N generations (original: 25)"}
+    )
+    eval_episodes: int = field(
+        default=1024, metadata={"help": "episodes of each evaluation, on a fixed seed set (original: 64 x 16 = 1,024)"}
+    )
+    max_steps: int = field(
+        default=0, metadata={"help": "episode cap in env steps; 0 = the task's (car 1000, Doom 2100)"}
+    )
+    env: str = field(
+        default="",
+        metadata={
+            "help": "where C trains: 'real' env or M's 'dream'; '' = the task's (car real, Doom dream, as the original)"
+        },
+    )
     tau: float = field(default=1.15, metadata={"help": "the dream's temperature (the paper's Doom agent: 1.15)"})
-    eval_env: str = field(default="", metadata={
-        "help": "where the mean is evaluated every --eval-every generations; '' = where it trains (as the original)"})
+    eval_env: str = field(
+        default="",
+        metadata={
+            "help": "where the mean is evaluated every --eval-every generations; '' = where it trains (as the original)"
+        },
+    )
     sigma_init: float = field(default=0.1, metadata={"help": "CMA-ES initial step size (original: 0.1)"})
-    weight_decay: float = field(default=0.01, metadata={
-        "help": "L2 coefficient on mean(θ²), a penalty (original: 0.01 with the sign flipped, see README)"})
-    antithetic: bool = field(default=True, metadata={"help": "candidates i and i + popsize/2 share episode seeds (original: on)"})
+    weight_decay: float = field(
+        default=0.01,
+        metadata={"help": "L2 coefficient on mean(θ²), a penalty (original: 0.01 with the sign flipped, see README)"},
+    )
+    antithetic: bool = field(
+        default=True, metadata={"help": "candidates i and i + popsize/2 share episode seeds (original: on)"}
+    )
     seed: int = field(default=0, metadata={"help": "seeds CMA-ES and every training episode"})
-    restart_on_change: bool = field(default=False, metadata={
-        "help": "when OUT/controller/NAME holds a search with other settings or V/M, move it to NAME.previous and "
-                "start afresh (run.sh sets this); by default such a rerun is refused"})
+    restart_on_change: bool = field(
+        default=False,
+        metadata={
+            "help": "when OUT/controller/NAME holds a search with other settings or V/M, move it to NAME.previous and "
+            "start afresh (run.sh sets this); by default such a rerun is refused"
+        },
+    )
 
 
 def fill_failed(returns: np.ndarray) -> tuple[np.ndarray, int]:
@@ -99,7 +129,7 @@ def split_jobs(params: np.ndarray, seeds: np.ndarray, env: str, workers: int) ->
     played one by one anyway); in the dream one per worker, each a vectorised batch of its share."""
     if env == "dream":
         return [Job(params[i], seeds[i], env) for i in np.array_split(np.arange(len(params)), workers) if len(i)]
-    return [Job(params[i:i + 1], seeds[i:i + 1], env) for i in range(len(params))]
+    return [Job(params[i : i + 1], seeds[i : i + 1], env) for i in range(len(params))]
 
 
 def evaluate_mean(pool, params: np.ndarray, episodes: int, per_job: int, env: str) -> np.ndarray:
@@ -121,13 +151,24 @@ def plot_fitness(path: Path, history: list[dict[str, Any]], evaluations: list[di
 
     gens = [row["generation"] for row in history]
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    ax.fill_between(gens, [r["fitness_min"] for r in history], [r["fitness_max"] for r in history],
-                    color="tab:blue", alpha=0.15, label="population min–max")
+    ax.fill_between(
+        gens,
+        [r["fitness_min"] for r in history],
+        [r["fitness_max"] for r in history],
+        color="tab:blue",
+        alpha=0.15,
+        label="population min–max",
+    )
     ax.plot(gens, [r["fitness_mean"] for r in history], color="tab:blue", label="population mean")
     ax.plot(gens, [r["fitness_max"] for r in history], color="tab:blue", lw=0.6, ls=":")
     if evaluations:
-        ax.plot([e["generation"] for e in evaluations], [e["mean"] for e in evaluations], "o-", color="tab:red",
-                label=f"distribution mean, {evaluations[-1]['episodes']} selection episodes")
+        ax.plot(
+            [e["generation"] for e in evaluations],
+            [e["mean"] for e in evaluations],
+            "o-",
+            color="tab:red",
+            label=f"distribution mean, {evaluations[-1]['episodes']} selection episodes",
+        )
     ax.set_xlabel("generation")
     ax.set_ylabel("return")
     ax.set_title(title)
@@ -149,7 +190,9 @@ def load_checkpoint(path: Path) -> SearchState:
         with open(path, "rb") as f:
             blob = pickle.load(f)
     except Exception as err:
-        raise UserError(f"{path}: unreadable checkpoint ({type(err).__name__}: {err}); delete it to start afresh") from None
+        raise UserError(
+            f"{path}: unreadable checkpoint ({type(err).__name__}: {err}); delete it to start afresh"
+        ) from None
     if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{path}: not a checkpoint of this version; delete it to start afresh")
     return blob["state"]
@@ -157,8 +200,9 @@ def load_checkpoint(path: Path) -> SearchState:
 
 def save_checkpoint(path: Path, state: SearchState) -> None:
     state.np_global_state = np.random.get_state()
-    atomic_write(path, lambda f: pickle.dump({"format": CHECKPOINT_FORMAT, "state": state}, f,
-                                             protocol=pickle.HIGHEST_PROTOCOL))
+    atomic_write(
+        path, lambda f: pickle.dump({"format": CHECKPOINT_FORMAT, "state": state}, f, protocol=pickle.HIGHEST_PROTOCOL)
+    )
 
 
 def resume_conflict(state: SearchState, config: TrainConfig, models: dict[str, str]) -> str:
@@ -167,7 +211,8 @@ def resume_conflict(state: SearchState, config: TrainConfig, models: dict[str, s
     changed = [k for k in now if k not in RESUMABLE_CHANGES and state.settings.get(k) != now[k]]
     if changed:
         return "it was run with " + ", ".join(
-            f"--{k.replace('_', '-')}={state.settings.get(k)!r} (now {now[k]!r})" for k in changed)
+            f"--{k.replace('_', '-')}={state.settings.get(k)!r} (now {now[k]!r})" for k in changed
+        )
     if state.models != models:
         return f"it was trained with another V or M than {config.out}/vae, rnn now hold"
     return ""
@@ -177,16 +222,20 @@ def check_resume(state: SearchState, config: TrainConfig, models: dict[str, str]
     """Refuse to continue a search made with other settings or other V/M."""
     conflict = resume_conflict(state, config, models)
     if conflict:
-        raise UserError(f"{ckpt.parent} holds a search that cannot continue: {conflict}; rerun with its settings, "
-                        f"use another --name, --restart-on-change true, or delete {ckpt.parent}")
+        raise UserError(
+            f"{ckpt.parent} holds a search that cannot continue: {conflict}; rerun with its settings, "
+            f"use another --name, --restart-on-change true, or delete {ckpt.parent}"
+        )
 
 
 def check_dream(run_dir: Path, task: Task) -> None:
     """A UserError unless M can be a dream env for `task`: it predicts done and holds initial_z."""
     weights = load_rnn_weights(run_dir / "rnn", task)
     if not bool(weights.get("predicts_done", task.rnn_predicts_done)):
-        raise UserError(f"{run_dir / 'rnn'}: this {task.name} M predicts no done flag or reward, so it cannot be a "
-                        "dream env; train M with --dream-heads true (stage 4), or use --env real")
+        raise UserError(
+            f"{run_dir / 'rnn'}: this {task.name} M predicts no done flag or reward, so it cannot be a "
+            "dream env; train M with --dream-heads true (stage 4), or use --env real"
+        )
     if "initial_z_mu" not in weights:
         raise UserError(f"{run_dir / 'rnn' / 'weights.npz'}: no initial_z (rerun stage 4, rnn.train)")
 
@@ -201,14 +250,23 @@ def model_fingerprints(run_dir: Path, task: Task, needs_m: bool) -> dict[str, st
     return models
 
 
-def generation_row(state: SearchState, fitness: np.ndarray, lengths: np.ndarray, failures: int,
-                   seconds: float, worker_rss_mb: float) -> dict[str, Any]:
+def generation_row(
+    state: SearchState, fitness: np.ndarray, lengths: np.ndarray, failures: int, seconds: float, worker_rss_mb: float
+) -> dict[str, Any]:
     """The original's hist.json row with named fields, plus failed episodes and the largest worker's peak RSS."""
-    return {"generation": state.generation + 1, "seconds": round(state.seconds + seconds, 2),
-            "fitness_mean": float(fitness.mean()), "fitness_min": float(fitness.min()),
-            "fitness_max": float(fitness.max()), "fitness_std": float(fitness.std()),
-            "sigma": state.es.sigma, "length_mean": float(lengths.mean()), "length_max": int(lengths.max()),
-            "failed_episodes": failures, "worker_peak_rss_mb": round(worker_rss_mb, 1)}
+    return {
+        "generation": state.generation + 1,
+        "seconds": round(state.seconds + seconds, 2),
+        "fitness_mean": float(fitness.mean()),
+        "fitness_min": float(fitness.min()),
+        "fitness_max": float(fitness.max()),
+        "fitness_std": float(fitness.std()),
+        "sigma": state.es.sigma,
+        "length_mean": float(lengths.mean()),
+        "length_max": int(lengths.max()),
+        "failed_episodes": failures,
+        "worker_peak_rss_mb": round(worker_rss_mb, 1),
+    }
 
 
 def progress_line(config: TrainConfig, state: SearchState, row: dict[str, Any], seconds: float) -> str:
@@ -216,14 +274,22 @@ def progress_line(config: TrainConfig, state: SearchState, row: dict[str, Any], 
     best_text = f" | best eval {best['mean']:.1f} (gen {best['generation']})" if best else ""
     left = (config.generations - state.generation) * seconds
     failed = f" | {row['failed_episodes']} FAILED episodes" if row["failed_episodes"] else ""
-    return (f"[stage 5] gen {state.generation}/{config.generations} | fitness mean {row['fitness_mean']:.1f} "
-            f"max {row['fitness_max']:.1f} min {row['fitness_min']:.1f} | σ {row['sigma']:.4f} | "
-            f"steps {row['length_mean']:.0f}/{row['length_max']} | {seconds:.1f} s{best_text}{failed} | "
-            f"ETA {left / 60:.1f} min")
+    return (
+        f"[stage 5] gen {state.generation}/{config.generations} | fitness mean {row['fitness_mean']:.1f} "
+        f"max {row['fitness_max']:.1f} min {row['fitness_min']:.1f} | σ {row['sigma']:.4f} | "
+        f"steps {row['length_mean']:.0f}/{row['length_max']} | {seconds:.1f} s{best_text}{failed} | "
+        f"ETA {left / 60:.1f} min"
+    )
 
 
-def train(config: TrainConfig, shape: ControllerShape, pool, out_dir: Path, state: SearchState,
-          on_generation: Callable[[SearchState], None] | None = None) -> SearchState:
+def train(
+    config: TrainConfig,
+    shape: ControllerShape,
+    pool,
+    out_dir: Path,
+    state: SearchState,
+    on_generation: Callable[[SearchState], None] | None = None,
+) -> SearchState:
     """Run generations until `config.generations`, writing every file and the checkpoint after each."""
     last_plot = 0.0
     where = f"in M's dream, τ = {config.tau:g}" if config.env == "dream" else "in the real env"
@@ -241,13 +307,23 @@ def train(config: TrainConfig, shape: ControllerShape, pool, out_dir: Path, stat
         if generation % config.eval_every == 0 or generation == config.generations:
             mean = state.es.mean
             eval_returns = evaluate_mean(pool, mean, config.eval_episodes, config.num_episode, config.eval_env)
-            evaluation = {"generation": generation, "mean": float(eval_returns.mean()),
-                          "std": float(eval_returns.std()), "episodes": int(eval_returns.size)}
+            evaluation = {
+                "generation": generation,
+                "mean": float(eval_returns.mean()),
+                "std": float(eval_returns.std()),
+                "episodes": int(eval_returns.size),
+            }
             state.evaluations.append(evaluation)
             if state.best is None or evaluation["mean"] > state.best["mean"]:
                 state.best = {**evaluation, "params": mean}
-                write_params(out_dir / "best.json", shape, mean, generation=generation,
-                             evaluation=evaluation, models=state.models)
+                write_params(
+                    out_dir / "best.json",
+                    shape,
+                    mean,
+                    generation=generation,
+                    evaluation=evaluation,
+                    models=state.models,
+                )
             write_json(out_dir / "evaluations.json", state.evaluations)
         seconds = time.perf_counter() - start
         row = generation_row(state, fitness, lengths, failures, seconds, worker_rss)
@@ -321,24 +397,43 @@ def main(argv: Sequence[str] | None = None, on_generation: Callable[[SearchState
         config = parse_config(TrainConfig, argv)
         task, shape, out_dir, state, spec = prepare(config)
         if state.generation >= config.generations:
-            print(f"[stage 5] {out_dir}: already trained for {state.generation} generations; nothing to do "
-                  "(raise --generations to continue)", flush=True)
+            print(
+                f"[stage 5] {out_dir}: already trained for {state.generation} generations; nothing to do "
+                "(raise --generations to continue)",
+                flush=True,
+            )
             return 0
         write_json(out_dir / "config.json", stage_record(config, models=state.models, n_params=shape.n_params))
         pool = scope.open(spec, SerialPool)
         where = f"in M's dream at τ = {config.tau:g}" if config.env == "dream" else "in the real env"
-        print(f"[stage 5] {task.name}: {shape.mode} controller ({shape.n_params:,} params) {where}, CMA-ES population "
-              f"{config.popsize} x {config.num_episode} episodes, generations {state.generation + 1}.."
-              f"{config.generations}, {pool.workers} rollout worker(s) → {out_dir}", flush=True)
+        print(
+            f"[stage 5] {task.name}: {shape.mode} controller ({shape.n_params:,} params) {where}, CMA-ES population "
+            f"{config.popsize} x {config.num_episode} episodes, generations {state.generation + 1}.."
+            f"{config.generations}, {pool.workers} rollout worker(s) → {out_dir}",
+            flush=True,
+        )
         state = train(config, shape, pool, out_dir, state, on_generation)
         best = state.best
-        write_json(out_dir / "config.json", stage_record(
-            config, models=state.models, n_params=shape.n_params,
-            result={"generations": state.generation, "seconds": round(state.seconds, 1),
-                    "best_eval": {k: v for k, v in best.items() if k != "params"}}))
-        print(f"[stage 5] done: best evaluation {best['mean']:.1f} ± {best['std']:.1f} over {best['episodes']} "
-              f"episodes at generation {best['generation']} → {out_dir / 'best.json'}", flush=True)
+        write_json(
+            out_dir / "config.json",
+            stage_record(
+                config,
+                models=state.models,
+                n_params=shape.n_params,
+                result={
+                    "generations": state.generation,
+                    "seconds": round(state.seconds, 1),
+                    "best_eval": {k: v for k, v in best.items() if k != "params"},
+                },
+            ),
+        )
+        print(
+            f"[stage 5] done: best evaluation {best['mean']:.1f} ± {best['std']:.1f} over {best['episodes']} "
+            f"episodes at generation {best['generation']} → {out_dir / 'best.json'}",
+            flush=True,
+        )
         return 0
+
 
 if __name__ == "__main__":
     run(main)

@@ -20,9 +20,10 @@ import io
 import re
 import zipfile
 import zlib
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -58,8 +59,7 @@ class Schema:
             if value.dtype != np.dtype(dtype):
                 raise FormatError(f"{path}: field {key!r} has dtype {value.dtype}, expected {np.dtype(dtype)}")
             if value.ndim != len(shape):
-                raise FormatError(f"{path}: field {key!r} has shape {value.shape}, expected {len(shape)} dims "
-                                  f"{shape}")
+                raise FormatError(f"{path}: field {key!r} has shape {value.shape}, expected {len(shape)} dims {shape}")
             for dim, want in zip(value.shape, shape):
                 if want == "T":
                     if length is None:
@@ -68,16 +68,18 @@ class Schema:
                         raise FormatError(f"{path}: field {key!r} has length {dim}, other fields have {length}")
                 elif isinstance(want, str):
                     if want in sizes and dim != sizes[want]:
-                        raise FormatError(f"{path}: field {key!r} has shape {value.shape}; "
-                                          f"expected {want} = {sizes[want]}")
+                        raise FormatError(
+                            f"{path}: field {key!r} has shape {value.shape}; expected {want} = {sizes[want]}"
+                        )
                 elif dim != want:
                     raise FormatError(f"{path}: field {key!r} has shape {value.shape}, expected {shape}")
         for key, dtype in self.scalars.items():
             if key not in data:
                 raise FormatError(f"{path}: {self.name} field {key!r} is missing")
             if data[key].shape != () or data[key].dtype.kind != np.dtype(dtype).kind:
-                raise FormatError(f"{path}: field {key!r} is {data[key].dtype}{list(data[key].shape)}, "
-                                  f"expected a {dtype} scalar")
+                raise FormatError(
+                    f"{path}: field {key!r} is {data[key].dtype}{list(data[key].shape)}, expected a {dtype} scalar"
+                )
         if not length:
             raise FormatError(f"{path}: {self.name} is empty (length 0)")
         return length
@@ -102,14 +104,14 @@ def write_npz(path: Path, schema: Schema, data: Mapping[str, Any], sizes: Mappin
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=COMPRESS_LEVEL) as zf:
         for key, value in arrays.items():
-            with zf.open(zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0)), "w",
-                         force_zip64=True) as f:
+            with zf.open(zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0)), "w", force_zip64=True) as f:
                 np.lib.format.write_array(f, value, allow_pickle=False)
     atomic_write(Path(path), lambda f: f.write(buffer.getbuffer()))
 
 
-def read_npz(path: Path, schema: Schema, sizes: Mapping[str, int],
-             fields: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+def read_npz(
+    path: Path, schema: Schema, sizes: Mapping[str, int], fields: Iterable[str] | None = None
+) -> dict[str, np.ndarray]:
     """Read and validate `fields` (default: all) of a per-episode npz; FormatError on any defect."""
     path = Path(path)
     wanted = list(schema.arrays) + list(schema.scalars) if fields is None else list(fields)
@@ -120,8 +122,11 @@ def read_npz(path: Path, schema: Schema, sizes: Mapping[str, int],
         raise FormatError(f"{path}: {schema.name} file is missing") from None
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as err:
         raise FormatError(f"{path}: corrupt or truncated {schema.name} file ({err})") from None
-    partial = Schema(schema.name, {k: v for k, v in schema.arrays.items() if k in wanted},
-                     {k: v for k, v in schema.scalars.items() if k in wanted})
+    partial = Schema(
+        schema.name,
+        {k: v for k, v in schema.arrays.items() if k in wanted},
+        {k: v for k, v in schema.scalars.items() if k in wanted},
+    )
     partial.check(path, data, sizes)
     return data
 
@@ -131,11 +136,23 @@ def episode_path(record_dir: Path, index: int) -> Path:
     return Path(record_dir) / f"ep_{index:06d}.npz"
 
 
-def write_episode(path: Path, task: Task, obs: np.ndarray, action: np.ndarray, reward: np.ndarray,
-                  done: np.ndarray, seed: int) -> None:
+def write_episode(
+    path: Path, task: Task, obs: np.ndarray, action: np.ndarray, reward: np.ndarray, done: np.ndarray, seed: int
+) -> None:
     """Validate and atomically write one episode (obs uint8 [T,64,64,3], action float32 [T,A], ...)."""
-    write_npz(path, EPISODE, {"obs": obs, "action": action, "reward": reward, "done": done,
-                              "task": np.str_(task.name), "seed": np.int64(seed)}, {"A": task.action_dim})
+    write_npz(
+        path,
+        EPISODE,
+        {
+            "obs": obs,
+            "action": action,
+            "reward": reward,
+            "done": done,
+            "task": np.str_(task.name),
+            "seed": np.int64(seed),
+        },
+        {"A": task.action_dim},
+    )
 
 
 def read_episode(path: Path, task: Task | None = None, fields: Sequence[str] | None = None) -> dict[str, np.ndarray]:
@@ -147,8 +164,9 @@ def read_episode(path: Path, task: Task | None = None, fields: Sequence[str] | N
         if str(data["task"]) != task.name:
             raise FormatError(f"{path}: episode was recorded for task {str(data['task'])!r}, not {task.name!r}")
         if "action" in data and data["action"].shape[1] != task.action_dim:
-            raise FormatError(f"{path}: field 'action' has shape {data['action'].shape}; "
-                              f"expected A = {task.action_dim}")
+            raise FormatError(
+                f"{path}: field 'action' has shape {data['action'].shape}; expected A = {task.action_dim}"
+            )
     return data
 
 
@@ -164,8 +182,9 @@ def list_episodes(record_dir: Path, made_by: str = "stage 1, env.extract") -> li
     return paths
 
 
-def frame_dataset(paths: Sequence[Path], task: Task, batch_size: int, seed: int, shuffle_buffer: int = 10_000,
-                  cycle_length: int = 8):
+def frame_dataset(
+    paths: Sequence[Path], task: Task, batch_size: int, seed: int, shuffle_buffer: int = 10_000, cycle_length: int = 8
+):
     """tf.data stream of uint8 [batch, 64, 64, 3] frame batches from episode files.
 
     Episode order is reshuffled every pass; frames of `cycle_length` episodes are interleaved and
@@ -187,7 +206,9 @@ def frame_dataset(paths: Sequence[Path], task: Task, batch_size: int, seed: int,
     files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
     frames = files.interleave(
         lambda p: tf.data.Dataset.from_generator(frames_of, args=(p,), output_signature=spec),
-        cycle_length=cycle_length, block_length=1)
+        cycle_length=cycle_length,
+        block_length=1,
+    )
     frames = frames.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     return frames.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
@@ -206,4 +227,7 @@ def episode_dataset(paths: Sequence[Path], read, signature: Mapping[str, Any], s
         files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
     return files.interleave(
         lambda p: tf.data.Dataset.from_generator(episodes, args=(p,), output_signature=dict(signature)),
-        cycle_length=2, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        cycle_length=2,
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )

@@ -11,16 +11,16 @@ import os
 import queue
 import time
 import traceback
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from tqdm import tqdm
 
 from env.common.cli import UserError, check_stage_flags, parse_config, run
-from env.episodes import episode_path, write_episode
 from env.common.files import ensure_dir, read_json, set_aside, stage_record, write_json
+from env.episodes import episode_path, write_episode
 from env.policies import make_collection_policy
 from env.tasks import Task, get_task
 from env.wrappers import make_env
@@ -38,15 +38,19 @@ class ExtractConfig:
 
     out: str = field(default="", metadata={"help": "run directory; episodes go to OUT/record/"})
     task: str = field(default="carracing", metadata={"help": "carracing or doom"})
-    episodes: int = field(default=10_000, metadata={
-        "help": "episodes to keep (original: first 10,000 recorded files)"})
-    max_steps: int = field(default=0, metadata={
-        "help": "step cap per episode; 0 = the task's cap (car 1000, Doom 2100)"})
+    episodes: int = field(default=10_000, metadata={"help": "episodes to keep (original: first 10,000 recorded files)"})
+    max_steps: int = field(
+        default=0, metadata={"help": "step cap per episode; 0 = the task's cap (car 1000, Doom 2100)"}
+    )
     workers: int = field(default=os.cpu_count() or 1, metadata={"help": "collection processes"})
     seed: int = field(default=0, metadata={"help": "episode i is a function of (seed, i)"})
-    restart_on_change: bool = field(default=False, metadata={
-        "help": "when OUT/record/ was collected with other settings, move it to OUT/record.previous and collect "
-                "afresh (run.sh sets this); by default that is refused"})
+    restart_on_change: bool = field(
+        default=False,
+        metadata={
+            "help": "when OUT/record/ was collected with other settings, move it to OUT/record.previous and collect "
+            "afresh (run.sh sets this); by default that is refused"
+        },
+    )
 
 
 def collect_episode(env, task: Task, config: ExtractConfig, index: int, record_dir: Path) -> int:
@@ -67,12 +71,19 @@ def collect_episode(env, task: Task, config: ExtractConfig, index: int, record_d
             if terminated or truncated:
                 break
         if len(frames) > task.min_episode_length:
-            write_episode(episode_path(record_dir, index), task, np.stack(frames),
-                          np.stack(actions).astype(np.float32), np.asarray(rewards, np.float32),
-                          np.asarray(dones, bool), env_seed)
+            write_episode(
+                episode_path(record_dir, index),
+                task,
+                np.stack(frames),
+                np.stack(actions).astype(np.float32),
+                np.asarray(rewards, np.float32),
+                np.asarray(dones, bool),
+                env_seed,
+            )
             return len(frames)
-    raise RuntimeError(f"episode {index}: no episode longer than {task.min_episode_length} steps "
-                       f"in {MAX_ATTEMPTS} attempts")
+    raise RuntimeError(
+        f"episode {index}: no episode longer than {task.min_episode_length} steps in {MAX_ATTEMPTS} attempts"
+    )
 
 
 def _worker(config_dict: dict, record_dir: str, jobs, results) -> None:
@@ -97,8 +108,10 @@ def _collect_parallel(config: ExtractConfig, pending: list[int], record_dir: Pat
     jobs, results = ctx.Queue(), ctx.Queue()
     for index in pending:
         jobs.put(index)
-    workers = [ctx.Process(target=_worker, args=(asdict(config), str(record_dir), jobs, results), daemon=True)
-               for _ in range(min(config.workers, len(pending)))]
+    workers = [
+        ctx.Process(target=_worker, args=(asdict(config), str(record_dir), jobs, results), daemon=True)
+        for _ in range(min(config.workers, len(pending)))
+    ]
     for _ in workers:
         jobs.put(None)
     for w in workers:
@@ -113,8 +126,9 @@ def _collect_parallel(config: ExtractConfig, pending: list[int], record_dir: Pat
                 except queue.Empty:
                     dead = [w for w in workers if w.exitcode not in (None, 0)]
                     if dead:
-                        raise RuntimeError(f"a collection worker died (exit code {dead[0].exitcode}); "
-                                           "rerun to resume") from None
+                        raise RuntimeError(
+                            f"a collection worker died (exit code {dead[0].exitcode}); rerun to resume"
+                        ) from None
             if status == "error":
                 raise RuntimeError(f"collecting episode {index} failed:\n{payload}")
             frames += payload
@@ -144,25 +158,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     if config.max_steps == 0:
         config.max_steps = task.max_steps
     if config.max_steps <= task.min_episode_length:
-        raise UserError(f"--max-steps must exceed {task.name}'s minimum kept episode length "
-                        f"{task.min_episode_length}, got {config.max_steps}")
+        raise UserError(
+            f"--max-steps must exceed {task.name}'s minimum kept episode length "
+            f"{task.min_episode_length}, got {config.max_steps}"
+        )
     record_dir = ensure_dir(Path(config.out) / "record")
     change = settings_change(record_dir, config)
     if change and not config.restart_on_change:
-        raise UserError(f"{record_dir} was collected with {change}; use another --out, --restart-on-change true, "
-                        f"or delete {record_dir}")
+        raise UserError(
+            f"{record_dir} was collected with {change}; use another --out, --restart-on-change true, "
+            f"or delete {record_dir}"
+        )
     if change:
         previous = set_aside(record_dir)
         record_dir = ensure_dir(record_dir)
-        print(f"[stage 1] collecting afresh: {record_dir} was collected with {change}; the previous episodes are "
-              f"now in {previous}", flush=True)
+        print(
+            f"[stage 1] collecting afresh: {record_dir} was collected with {change}; the previous episodes are "
+            f"now in {previous}",
+            flush=True,
+        )
     for stale in record_dir.glob(".*.tmp"):
         stale.unlink()
     write_json(record_dir / "config.json", stage_record(config))
 
     pending = [i for i in range(config.episodes) if not episode_path(record_dir, i).exists()]
-    print(f"[stage 1] {task.name}: {config.episodes} episodes (≤ {config.max_steps} steps) → {record_dir}; "
-          f"{config.episodes - len(pending)} already done, {config.workers} worker(s)", flush=True)
+    print(
+        f"[stage 1] {task.name}: {config.episodes} episodes (≤ {config.max_steps} steps) → {record_dir}; "
+        f"{config.episodes - len(pending)} already done, {config.workers} worker(s)",
+        flush=True,
+    )
     start = time.perf_counter()
     bar = tqdm(total=config.episodes, initial=config.episodes - len(pending), unit="ep", dynamic_ncols=True)
     frames = 0
@@ -187,11 +211,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         bar.close()
     elapsed = time.perf_counter() - start
     rate = frames / elapsed if elapsed > 0 else 0.0
-    write_json(record_dir / "config.json", stage_record(
-        config, result={"episodes": config.episodes, "new_frames": frames, "seconds": round(elapsed, 2),
-                        "frames_per_second": round(rate, 1)}))
-    print(f"[stage 1] done: {len(pending)} new episodes, {frames} frames in {elapsed:.1f} s "
-          f"({rate:.0f} frames/s)", flush=True)
+    write_json(
+        record_dir / "config.json",
+        stage_record(
+            config,
+            result={
+                "episodes": config.episodes,
+                "new_frames": frames,
+                "seconds": round(elapsed, 2),
+                "frames_per_second": round(rate, 1),
+            },
+        ),
+    )
+    print(
+        f"[stage 1] done: {len(pending)} new episodes, {frames} frames in {elapsed:.1f} s ({rate:.0f} frames/s)",
+        flush=True,
+    )
     return 0
 
 

@@ -6,7 +6,7 @@ returns the env action for that step.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

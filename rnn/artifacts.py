@@ -37,6 +37,8 @@ def load_weights(rnn_dir: Path, task: Task) -> dict[str, np.ndarray]:
     path = Path(rnn_dir) / WEIGHTS_FILE
     weights = read_weights(path, task, WEIGHT_NAMES, "M", MADE_BY)
     if weights["lstm.recurrent_kernel"].shape[0] != task.rnn_units:
-        raise UserError(f"{path}: LSTM of {weights['lstm.recurrent_kernel'].shape[0]} units, expected "
-                        f"{task.rnn_units} for {task.name}")
+        raise UserError(
+            f"{path}: LSTM of {weights['lstm.recurrent_kernel'].shape[0]} units, expected "
+            f"{task.rnn_units} for {task.name}"
+        )
     return weights

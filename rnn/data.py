@@ -13,9 +13,9 @@ would have, and nothing holds the data set in memory: a batch reads only the epi
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -53,8 +53,10 @@ class EpisodeBatches:
     def __init__(self, series: SeriesSet, batch: int, seq_len: int, seed: int):
         short = int((series.lengths < seq_len).sum())
         if short:
-            raise UserError(f"{short} of {len(series)} series are shorter than --seq-len {seq_len} "
-                            f"(shortest: {series.lengths.min()} frames)")
+            raise UserError(
+                f"{short} of {len(series)} series are shorter than --seq-len {seq_len} "
+                f"(shortest: {series.lengths.min()} frames)"
+            )
         if batch > len(series):
             raise UserError(f"--batch-size {batch} exceeds the {len(series)} episodes in series/")
         self.series, self.batch, self.seq_len, self.seed = series, batch, seq_len, seed
@@ -62,9 +64,9 @@ class EpisodeBatches:
         self.pool = ThreadPoolExecutor(4)
 
     def __call__(self, step: int) -> dict[str, np.ndarray]:
-        picks = step_rng(self.seed, step).permutation(len(self.series))[:self.batch]
+        picks = step_rng(self.seed, step).permutation(len(self.series))[: self.batch]
         episodes = list(self.pool.map(self.series.read, picks))
-        return {key: np.stack([ep[key][:self.seq_len] for ep in episodes]) for key in FIELDS}
+        return {key: np.stack([ep[key][: self.seq_len] for ep in episodes]) for key in FIELDS}
 
 
 class StreamBatches:
@@ -75,8 +77,9 @@ class StreamBatches:
         total = int(series.lengths.sum())
         self.chunks_per_epoch = total // (batch * seq_len)
         if self.chunks_per_epoch < 1:
-            raise UserError(f"series/ holds {total} frames, fewer than one batch of {batch} streams × "
-                            f"--seq-len {seq_len}")
+            raise UserError(
+                f"series/ holds {total} frames, fewer than one batch of {batch} streams × --seq-len {seq_len}"
+            )
         self.series, self.batch, self.seq_len, self.seed = series, batch, seq_len, seed
         self.steps_per_epoch = self.chunks_per_epoch
         self.stream_len = self.chunks_per_epoch * seq_len
@@ -93,12 +96,14 @@ class StreamBatches:
         epoch, chunk = divmod(step, self.chunks_per_epoch)
         self._layout(epoch)
         z = self.series.task.z_size
-        out = {"mu": np.empty((self.batch, self.seq_len, z), np.float32),
-               "logvar": np.empty((self.batch, self.seq_len, z), np.float32),
-               "action": np.empty((self.batch, self.seq_len, self.series.task.action_dim), np.float32),
-               "reward": np.empty((self.batch, self.seq_len), np.float32),
-               "done": np.empty((self.batch, self.seq_len), np.float32),
-               "restart": np.zeros((self.batch, self.seq_len), np.float32)}
+        out = {
+            "mu": np.empty((self.batch, self.seq_len, z), np.float32),
+            "logvar": np.empty((self.batch, self.seq_len, z), np.float32),
+            "action": np.empty((self.batch, self.seq_len, self.series.task.action_dim), np.float32),
+            "reward": np.empty((self.batch, self.seq_len), np.float32),
+            "done": np.empty((self.batch, self.seq_len), np.float32),
+            "restart": np.zeros((self.batch, self.seq_len), np.float32),
+        }
         used: dict[int, dict[str, np.ndarray]] = {}
         for b in range(self.batch):
             position = b * self.stream_len + chunk * self.seq_len
@@ -111,7 +116,7 @@ class StreamBatches:
                 used[episode] = data
                 take = min(self.seq_len - filled, len(data["mu"]) - offset)
                 for key in FIELDS:
-                    out[key][b, filled:filled + take] = data[key][offset:offset + take]
+                    out[key][b, filled : filled + take] = data[key][offset : offset + take]
                 if offset == 0:
                     out["restart"][b, filled] = 1.0
                 filled += take

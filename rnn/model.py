@@ -13,8 +13,8 @@ predicts the done logit and the reward of each step, in front of the mixture: [d
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import keras
 import numpy as np
@@ -22,8 +22,8 @@ from keras import layers, ops
 
 from env.common.cli import UserError, run
 from env.common.files import atomic_write
-from env.tasks import TASKS, Task, get_task
 from env.common.training import load_model, save_model
+from env.tasks import TASKS, Task, get_task
 from rnn.artifacts import MODEL_FILE, WEIGHTS_FILE, check_rnn_dir
 
 MIXTURES = 5
@@ -54,7 +54,7 @@ def split_params(params, z_size: int, predicts_done: bool, predicts_reward: bool
 
     Layout as the original: [done logit,] [reward,] then z groups of 15 = 5 logits | 5 means | 5 log-stds."""
     done = params[..., 0] if predicts_done else None
-    mdn = params[..., int(predicts_done) + int(predicts_reward):]
+    mdn = params[..., int(predicts_done) + int(predicts_reward) :]
     groups = ops.reshape(mdn, (*ops.shape(mdn)[:-1], z_size, 3 * MIXTURES))
     logits, mu, logstd = ops.split(groups, 3, axis=-1)
     return logits, mu, logstd, done
@@ -66,9 +66,10 @@ def mixture_nll(z_next, logits, mu, logstd):
     import tensorflow_probability as tfp
 
     tfd = tfp.distributions
-    mixture = tfd.MixtureSameFamily(mixture_distribution=tfd.Categorical(logits=ops.cast(logits, "float32")),
-                                    components_distribution=tfd.Normal(ops.cast(mu, "float32"),
-                                                                       ops.exp(ops.cast(logstd, "float32"))))
+    mixture = tfd.MixtureSameFamily(
+        mixture_distribution=tfd.Categorical(logits=ops.cast(logits, "float32")),
+        components_distribution=tfd.Normal(ops.cast(mu, "float32"), ops.exp(ops.cast(logstd, "float32"))),
+    )
     return -ops.mean(mixture.log_prob(ops.cast(z_next, "float32")))
 
 
@@ -125,9 +126,18 @@ class MDNRNN(keras.Model):
     """M. Called on inputs [B, T, in] (and an optional [h, c] initial state), returns the head's output
     [B, T, NOUT] and the final [h, c]. Trained on dicts of series arrays (see `train_step`)."""
 
-    def __init__(self, z_size: int, action_dim: int, units: int, extra_inputs: Sequence[str] = (),
-                 predicts_done: bool = False, stateful: bool = False, seed: int | None = None,
-                 predicts_reward: bool = False, **kwargs):
+    def __init__(
+        self,
+        z_size: int,
+        action_dim: int,
+        units: int,
+        extra_inputs: Sequence[str] = (),
+        predicts_done: bool = False,
+        stateful: bool = False,
+        seed: int | None = None,
+        predicts_reward: bool = False,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.z_size, self.action_dim, self.units = z_size, action_dim, units
         self.extra_inputs, self.predicts_done = tuple(extra_inputs), predicts_done
@@ -203,18 +213,40 @@ class MDNRNN(keras.Model):
         return list(self.trackers.values())
 
     def get_config(self):
-        return {**super().get_config(), "z_size": self.z_size, "action_dim": self.action_dim, "units": self.units,
-                "extra_inputs": list(self.extra_inputs), "predicts_done": self.predicts_done,
-                "stateful": self.stateful, "seed": self.seed, "predicts_reward": self.predicts_reward}
+        return {
+            **super().get_config(),
+            "z_size": self.z_size,
+            "action_dim": self.action_dim,
+            "units": self.units,
+            "extra_inputs": list(self.extra_inputs),
+            "predicts_done": self.predicts_done,
+            "stateful": self.stateful,
+            "seed": self.seed,
+            "predicts_reward": self.predicts_reward,
+        }
 
 
-def build_rnn(task: Task, batch_size: int | None = None, stateful: bool = False, seed: int | None = None,
-              dream_heads: bool = False) -> MDNRNN:
+def build_rnn(
+    task: Task,
+    batch_size: int | None = None,
+    stateful: bool = False,
+    seed: int | None = None,
+    dream_heads: bool = False,
+) -> MDNRNN:
     """A built M for `task`; `stateful` carries the LSTM state across calls (needs a fixed `batch_size`);
     `dream_heads` adds done and reward outputs."""
     predicts_done, predicts_reward = heads(task, dream_heads)
-    model = MDNRNN(task.z_size, task.action_dim, task.rnn_units, task.rnn_extra_inputs, predicts_done,
-                   stateful=stateful, seed=seed, predicts_reward=predicts_reward, name=f"mdnrnn_{task.name}")
+    model = MDNRNN(
+        task.z_size,
+        task.action_dim,
+        task.rnn_units,
+        task.rnn_extra_inputs,
+        predicts_done,
+        stateful=stateful,
+        seed=seed,
+        predicts_reward=predicts_reward,
+        name=f"mdnrnn_{task.name}",
+    )
     model(np.zeros((batch_size or 1, 2, input_size(task)), np.float32))
     return model
 
@@ -230,8 +262,13 @@ def export_weights(model: MDNRNN) -> dict[str, np.ndarray]:
     """Named float32 weights: lstm.kernel [in, 4u], lstm.recurrent_kernel [u, 4u], lstm.bias [4u] (Keras gate
     order i, f, c, o), mdn.kernel [u, NOUT], mdn.bias [NOUT]."""
     cell = model.lstm.cell
-    named = {"lstm.kernel": cell.kernel, "lstm.recurrent_kernel": cell.recurrent_kernel, "lstm.bias": cell.bias,
-             "mdn.kernel": model.head.kernel, "mdn.bias": model.head.bias}
+    named = {
+        "lstm.kernel": cell.kernel,
+        "lstm.recurrent_kernel": cell.recurrent_kernel,
+        "lstm.bias": cell.bias,
+        "mdn.kernel": model.head.kernel,
+        "mdn.bias": model.head.bias,
+    }
     return {key: np.asarray(ops.convert_to_numpy(value), np.float32) for key, value in named.items()}
 
 
@@ -241,8 +278,13 @@ def save_rnn(model: MDNRNN, rnn_dir: Path, task: Task, extra: dict[str, np.ndarr
     rnn_dir = Path(rnn_dir)
     plain = plain_copy(model, task) if model.stateful else model
     save_model(plain, rnn_dir / MODEL_FILE)
-    arrays = {**export_weights(plain), **(extra or {}), "task": np.str_(task.name),
-              "predicts_done": np.bool_(plain.predicts_done), "predicts_reward": np.bool_(plain.predicts_reward)}
+    arrays = {
+        **export_weights(plain),
+        **(extra or {}),
+        "task": np.str_(task.name),
+        "predicts_done": np.bool_(plain.predicts_done),
+        "predicts_reward": np.bool_(plain.predicts_reward),
+    }
     atomic_write(rnn_dir / WEIGHTS_FILE, lambda f: np.savez(f, **arrays))
 
 

@@ -12,17 +12,16 @@ from __future__ import annotations
 import math
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from env.common.cli import UserError, check_stage_flags, parse_config, run
 from env.common.files import atomic_write, ensure_dir, read_json, stage_record, write_json
+from env.common.training import check_previous, clear_previous, fit_from, last_logged, restore, standard_callbacks
 from env.tasks import Task, get_task
-from env.common.training import (check_previous, clear_previous, fit_from, last_logged, restore,
-                          standard_callbacks)
 from rnn.artifacts import MODEL_FILE
 from rnn.data import EpisodeBatches, SeriesSet, StreamBatches
 from vae.series import list_series
@@ -41,24 +40,38 @@ class RnnTrainConfig:
 
     out: str = field(default="", metadata={"help": "run directory: reads OUT/series/, writes OUT/rnn/"})
     task: str = field(default="carracing", metadata={"help": "carracing or doom"})
-    steps: int = field(default=0, metadata={
-        "help": "updates; 0 = the task's schedule (car 4,000; Doom --epochs × chunks per epoch)"})
-    epochs: int = field(default=0, metadata={
-        "help": "Doom: passes over the chained streams; 0 = the task's (400). Ignored when --steps is set"})
+    steps: int = field(
+        default=0, metadata={"help": "updates; 0 = the task's schedule (car 4,000; Doom --epochs × chunks per epoch)"}
+    )
+    epochs: int = field(
+        default=0,
+        metadata={"help": "Doom: passes over the chained streams; 0 = the task's (400). Ignored when --steps is set"},
+    )
     batch_size: int = field(default=100, metadata={"help": "episodes (car) or parallel streams (Doom) per update"})
-    seq_len: int = field(default=0, metadata={
-        "help": "frames per sequence; 0 = the task's (car 1000 = whole episode, Doom 500-frame chunks)"})
+    seq_len: int = field(
+        default=0,
+        metadata={"help": "frames per sequence; 0 = the task's (car 1000 = whole episode, Doom 500-frame chunks)"},
+    )
     learning_rate: float = field(default=1e-3, metadata={"help": "Adam's initial learning rate (WME: 1e-3)"})
-    lr_decay: float = field(default=0.0, metadata={
-        "help": "per-step decay towards 1e-5; 0 = the task's (car 1.0 = constant, Doom 0.99999)"})
+    lr_decay: float = field(
+        default=0.0, metadata={"help": "per-step decay towards 1e-5; 0 = the task's (car 1.0 = constant, Doom 0.99999)"}
+    )
     grad_clip: float = field(default=1.0, metadata={"help": "element-wise gradient clip (WME: 1.0)"})
     checkpoint_every: int = field(default=100, metadata={"help": "steps between checkpoints"})
     seed: int = field(default=0, metadata={"help": "seeds initialisation, z re-sampling and batch order"})
-    restart_on_change: bool = field(default=False, metadata={
-        "help": "when OUT/rnn/ was trained with other settings or data, move it to OUT/rnn.previous and train "
-                "afresh (run.sh sets this); by default that is refused"})
-    dream_heads: bool = field(default=False, metadata={
-        "help": "car: also predict each step's done flag and reward, so that C can train in M's dream (not in the original)"})
+    restart_on_change: bool = field(
+        default=False,
+        metadata={
+            "help": "when OUT/rnn/ was trained with other settings or data, move it to OUT/rnn.previous and train "
+            "afresh (run.sh sets this); by default that is refused"
+        },
+    )
+    dream_heads: bool = field(
+        default=False,
+        metadata={
+            "help": "car: also predict each step's done flag and reward, so that C can train in M's dream (not in the original)"
+        },
+    )
 
 
 def resolve(config: RnnTrainConfig, task: Task) -> RnnTrainConfig:
@@ -75,8 +88,9 @@ def resolve(config: RnnTrainConfig, task: Task) -> RnnTrainConfig:
     if config.steps < 0 or config.epochs < 0:
         raise UserError("--steps and --epochs must not be negative")
     if config.dream_heads and task.rnn_predicts_done:
-        raise UserError(f"--dream-heads is for the car: {task.name}'s M already predicts done, and its dream "
-                        "pays 1 per step")
+        raise UserError(
+            f"--dream-heads is for the car: {task.name}'s M already predicts done, and its dream pays 1 per step"
+        )
     if config.learning_rate <= 0 or not 0 < config.lr_decay <= 1 or config.grad_clip <= 0:
         raise UserError("--learning-rate and --grad-clip must be positive, --lr-decay in (0, 1]")
     return config
@@ -85,19 +99,29 @@ def resolve(config: RnnTrainConfig, task: Task) -> RnnTrainConfig:
 def initial_z(series: SeriesSet) -> dict[str, np.ndarray]:
     """mu and logvar float32 [N, z] of the first frame of the first ≤ 1,000 episodes (dreams start there)."""
     firsts = [series.read(i) for i in range(min(INITIAL_Z_EPISODES, len(series)))]
-    return {"initial_z_mu": np.stack([ep["mu"][0] for ep in firsts]),
-            "initial_z_logvar": np.stack([ep["logvar"][0] for ep in firsts])}
+    return {
+        "initial_z_mu": np.stack([ep["mu"][0] for ep in firsts]),
+        "initial_z_logvar": np.stack([ep["logvar"][0] for ep in firsts]),
+    }
 
 
-def step_dataset(batches, start: int, total: int, task: Task, batch_size: int, seq_len: int,
-                 dream_heads: bool = False):
+def step_dataset(batches, start: int, total: int, task: Task, batch_size: int, seq_len: int, dream_heads: bool = False):
     """tf.data stream of the batches for global steps start .. total − 1, read ahead in the background."""
     import tensorflow as tf
 
-    keys = ["mu", "logvar", "action"] + (["restart"] if task.rnn_batching == "streams" else []) + \
-        (["reward", "done"] if dream_heads else [])
-    widths = {"mu": (task.z_size,), "logvar": (task.z_size,), "action": (task.action_dim,), "restart": (),
-              "reward": (), "done": ()}
+    keys = (
+        ["mu", "logvar", "action"]
+        + (["restart"] if task.rnn_batching == "streams" else [])
+        + (["reward", "done"] if dream_heads else [])
+    )
+    widths = {
+        "mu": (task.z_size,),
+        "logvar": (task.z_size,),
+        "action": (task.action_dim,),
+        "restart": (),
+        "reward": (),
+        "done": (),
+    }
 
     def load(step):
         batch = batches(int(step))
@@ -157,7 +181,7 @@ def baseline_comparison(model, batches, steps: Sequence[int]) -> dict[str, float
         params, _ = model(inputs, initial_state=[np.zeros((len(inputs), model.units), np.float32)] * 2)
         logits, mu, logstd, _ = split_params(params, model.z_size, model.predicts_done, model.predicts_reward)
         ours.append(float(mixture_nll(z_next, logits, mu, logstd)))
-        z_now, z_next = np.asarray(inputs)[..., :model.z_size], np.asarray(z_next)
+        z_now, z_next = np.asarray(inputs)[..., : model.z_size], np.asarray(z_next)
         naive.append(float(np.mean(0.5 * (z_next - z_now) ** 2 + 0.5 * np.log(2 * np.pi))))
     return {"nll": round(float(np.mean(ours)), 4), "nll_copy_last_z_unit_variance": round(float(np.mean(naive)), 4)}
 
@@ -173,27 +197,29 @@ def main(argv: Sequence[str] | None = None, extra_callbacks: Sequence = ()) -> i
     batching = EpisodeBatches if task.rnn_batching == "episodes" else StreamBatches
     batches = batching(series, config.batch_size, config.seq_len, config.seed)
     steps_per_epoch = batches.steps_per_epoch
-    total_steps = config.steps or (task.rnn_updates if task.rnn_batching == "episodes"
-                                   else config.epochs * steps_per_epoch)
+    total_steps = config.steps or (
+        task.rnn_updates if task.rnn_batching == "episodes" else config.epochs * steps_per_epoch
+    )
     if total_steps < 1:
         raise UserError("nothing to train: --steps (or --epochs) resolves to 0 updates")
 
     rnn_dir = ensure_dir(out / "rnn")
     series_of = read_json(series_dir / "config.json").get("vae") if (series_dir / "config.json").exists() else None
-    record = stage_record(config, data={"episodes": len(series), "frames": int(series.lengths.sum()),
-                                        "vae": series_of})
-    state = check_previous(rnn_dir, record, RESUMABLE_SETTINGS, MODEL_FILE,
-                           restart=config.restart_on_change)
+    record = stage_record(config, data={"episodes": len(series), "frames": int(series.lengths.sum()), "vae": series_of})
+    state = check_previous(rnn_dir, record, RESUMABLE_SETTINGS, MODEL_FILE, restart=config.restart_on_change)
     if state == "done":
         print(f"[stage 4] {rnn_dir} is already trained with these settings; nothing to do", flush=True)
         return 0
     if state == "new":
         clear_previous(rnn_dir)
     write_json(rnn_dir / "config.json", record)
-    print(f"[stage 4] {task.name}: M (LSTM {task.rnn_units}, z = {task.z_size}) on {len(series)} episodes "
-          f"({int(series.lengths.sum())} frames), {task.rnn_batching} of {config.seq_len} frames × "
-          f"{config.batch_size}; {total_steps} steps ({math.ceil(total_steps / steps_per_epoch)} epochs of "
-          f"{steps_per_epoch}) → {rnn_dir}", flush=True)
+    print(
+        f"[stage 4] {task.name}: M (LSTM {task.rnn_units}, z = {task.z_size}) on {len(series)} episodes "
+        f"({int(series.lengths.sum())} frames), {task.rnn_batching} of {config.seq_len} frames × "
+        f"{config.batch_size}; {total_steps} steps ({math.ceil(total_steps / steps_per_epoch)} epochs of "
+        f"{steps_per_epoch}) → {rnn_dir}",
+        flush=True,
+    )
 
     import keras
 
@@ -201,41 +227,70 @@ def main(argv: Sequence[str] | None = None, extra_callbacks: Sequence = ()) -> i
 
     keras.utils.set_random_seed(config.seed)
     stateful = task.rnn_batching == "streams"
-    model = build_rnn(task, batch_size=config.batch_size, stateful=stateful, seed=config.seed,
-                      dream_heads=config.dream_heads)
+    model = build_rnn(
+        task, batch_size=config.batch_size, stateful=stateful, seed=config.seed, dream_heads=config.dream_heads
+    )
     # Adam with TF1's ε 1e-8; gradients clipped element-wise (tf.clip_by_value) as the original.
-    model.compile(optimizer=keras.optimizers.Adam(DecayToFloor(config.learning_rate, config.lr_decay),
-                                                  epsilon=1e-8, clipvalue=config.grad_clip))
+    model.compile(
+        optimizer=keras.optimizers.Adam(
+            DecayToFloor(config.learning_rate, config.lr_decay), epsilon=1e-8, clipvalue=config.grad_clip
+        )
+    )
     start_step = restore(model, rnn_dir, "stage 4")
     if start_step:
         print(f"[stage 4] resuming from the checkpoint at step {start_step} of {total_steps}", flush=True)
         if stateful:
             restore_state(model, rnn_dir, start_step)
-    callbacks = [*standard_callbacks(model, rnn_dir, config.checkpoint_every, steps_per_epoch, total_steps,
-                                     unit="seq", per_step=config.batch_size, stage="stage 4")]
+    callbacks = [
+        *standard_callbacks(
+            model,
+            rnn_dir,
+            config.checkpoint_every,
+            steps_per_epoch,
+            total_steps,
+            unit="seq",
+            per_step=config.batch_size,
+            stage="stage 4",
+        )
+    ]
     if stateful:
         callbacks[2:2] = stream_callbacks(model, rnn_dir, steps_per_epoch, config.checkpoint_every)
     callbacks += list(extra_callbacks)
 
     start = time.perf_counter()
-    fit_from(model, lambda step: step_dataset(batches, step, total_steps, task, config.batch_size, config.seq_len,
-                                              config.dream_heads),
-             start_step, total_steps, steps_per_epoch, callbacks)
+    fit_from(
+        model,
+        lambda step: step_dataset(
+            batches, step, total_steps, task, config.batch_size, config.seq_len, config.dream_heads
+        ),
+        start_step,
+        total_steps,
+        steps_per_epoch,
+        callbacks,
+    )
     seconds = time.perf_counter() - start
     trained = int(model.optimizer.iterations) - start_step
 
-    comparison = baseline_comparison(plain_copy(model, task) if stateful else model, batches,
-                                     list(range(min(BASELINE_BATCHES, steps_per_epoch))))
+    comparison = baseline_comparison(
+        plain_copy(model, task) if stateful else model, batches, list(range(min(BASELINE_BATCHES, steps_per_epoch)))
+    )
     save_rnn(model, rnn_dir, task, extra=initial_z(series))
     shutil.rmtree(rnn_dir / "checkpoint", ignore_errors=True)
     keys = model.loss_names
-    result = {"metrics": last_logged(rnn_dir / "log.csv", keys), **comparison, "steps": total_steps,
-              "seconds_this_run": round(seconds, 1),
-              "sequences_per_second": round(trained * config.batch_size / seconds, 2) if seconds > 0 else 0.0}
+    result = {
+        "metrics": last_logged(rnn_dir / "log.csv", keys),
+        **comparison,
+        "steps": total_steps,
+        "seconds_this_run": round(seconds, 1),
+        "sequences_per_second": round(trained * config.batch_size / seconds, 2) if seconds > 0 else 0.0,
+    }
     write_json(rnn_dir / "config.json", {**record, "result": result})
-    print(f"[stage 4] done: loss {result['metrics'].get('loss')}; NLL per z element {comparison['nll']} vs "
-          f"{comparison['nll_copy_last_z_unit_variance']} for z_t+1 = z_t with unit variance; "
-          f"{result['sequences_per_second']} sequences/s", flush=True)
+    print(
+        f"[stage 4] done: loss {result['metrics'].get('loss')}; NLL per z element {comparison['nll']} vs "
+        f"{comparison['nll_copy_last_z_unit_variance']} for z_t+1 = z_t with unit variance; "
+        f"{result['sequences_per_second']} sequences/s",
+        flush=True,
+    )
     return 0
 
 

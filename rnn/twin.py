@@ -6,9 +6,9 @@ This module imports numpy only.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 
@@ -41,7 +41,7 @@ class RNNTwin:
         self.head_kernel = np.ascontiguousarray(weights["mdn.kernel"], np.float32)
         self.head_bias = np.asarray(weights["mdn.bias"], np.float32)
         self.units = u = self.recurrent_kernel.shape[0]
-        order = np.r_[0:2 * u, 3 * u:4 * u, 2 * u:3 * u]
+        order = np.r_[0 : 2 * u, 3 * u : 4 * u, 2 * u : 3 * u]
         self.stacked_kernel = np.ascontiguousarray(np.concatenate([self.kernel, self.recurrent_kernel])[:, order])
         self.stacked_bias = self.bias[order]
         self.resets = "restart" in task.rnn_extra_inputs
@@ -50,7 +50,7 @@ class RNNTwin:
         self.initial_z = (weights.get("initial_z_mu"), weights.get("initial_z_logvar"))
 
     @classmethod
-    def load(cls, rnn_dir: Path, task: Task) -> "RNNTwin":
+    def load(cls, rnn_dir: Path, task: Task) -> RNNTwin:
         """Read `rnn_dir/weights.npz`; a UserError if it is missing, corrupt or another task's."""
         return cls(load_weights(rnn_dir, task), task)
 
@@ -70,17 +70,17 @@ class RNNTwin:
         u = self.units
         gates = np.concatenate([x, h], axis=1, dtype=np.float32) @ self.stacked_kernel
         gates += self.stacked_bias
-        sig = gates[:, :3 * u]
+        sig = gates[:, : 3 * u]
         sig *= 0.5
         np.tanh(sig, out=sig)
         sig += 1.0
         sig *= 0.5
-        candidate = gates[:, 3 * u:]
+        candidate = gates[:, 3 * u :]
         np.tanh(candidate, out=candidate)
-        c = gates[:, u:2 * u] * c
+        c = gates[:, u : 2 * u] * c
         c += gates[:, :u] * candidate
         h = np.tanh(c)
-        h *= gates[:, 2 * u:3 * u]
+        h *= gates[:, 2 * u : 3 * u]
         return h, c
 
     def head(self, h: np.ndarray) -> MixtureParams:
@@ -88,10 +88,11 @@ class RNNTwin:
         out = h @ self.head_kernel + self.head_bias
         done = out[:, 0] if self.predicts_done else None
         reward = out[:, int(self.predicts_done)] if self.predicts_reward else None
-        mdn = out[:, int(self.predicts_done) + int(self.predicts_reward):]
+        mdn = out[:, int(self.predicts_done) + int(self.predicts_reward) :]
         groups = mdn.reshape(len(out), self.task.z_size, 3 * MIXTURES)
-        return MixtureParams(groups[..., :MIXTURES], groups[..., MIXTURES:2 * MIXTURES], groups[..., 2 * MIXTURES:],
-                             done, reward)
+        return MixtureParams(
+            groups[..., :MIXTURES], groups[..., MIXTURES : 2 * MIXTURES], groups[..., 2 * MIXTURES :], done, reward
+        )
 
     def step(self, x: np.ndarray, h: np.ndarray, c: np.ndarray) -> tuple[MixtureParams, np.ndarray, np.ndarray]:
         """x = [z, a(, restart)]: float32 [B, in]; h, c [B, units] → (prediction of z_{t+1}, h', c')."""

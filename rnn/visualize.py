@@ -9,15 +9,15 @@ of the same three side by side.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from env.common.cli import UserError, check_stage_flags, parse_config, run
-from env.episodes import episode_path, read_episode
 from env.common.files import atomic_write
+from env.episodes import episode_path, read_episode
 from env.tasks import Task, get_task
 from rnn.twin import RNNTwin, sample_z
 from vae.series import read_series
@@ -37,8 +37,16 @@ class VisualizeConfig:
     seed: int = field(default=0, metadata={"help": "seeds the sampling"})
 
 
-def dream(twin: RNNTwin, task: Task, mu: np.ndarray, logvar: np.ndarray, actions: np.ndarray, context: int,
-          tau: float, rng: np.random.Generator) -> np.ndarray:
+def dream(
+    twin: RNNTwin,
+    task: Task,
+    mu: np.ndarray,
+    logvar: np.ndarray,
+    actions: np.ndarray,
+    context: int,
+    tau: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
     """float32 [T, z] latents: sampled from V's (mu, logvar) for the first `context` frames, then M's own
     samples at temperature τ, driven by the recorded `actions` [T, A]."""
     steps = len(mu)
@@ -49,7 +57,7 @@ def dream(twin: RNNTwin, task: Task, mu: np.ndarray, logvar: np.ndarray, actions
             z[t] = mu[t] + np.exp(0.5 * logvar[t]) * rng.standard_normal(mu.shape[1]).astype(np.float32)
         if t + 1 == steps:
             break
-        parts = [z[t:t + 1], actions[t:t + 1]]
+        parts = [z[t : t + 1], actions[t : t + 1]]
         if task.rnn_extra_inputs:
             parts.append(np.array([[1.0 if t == 0 else 0.0]], np.float32))
         params, h, c = twin.step(np.concatenate(parts, axis=1), h, c)
@@ -78,8 +86,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     decoder = load_vae(out / "vae", task).decoder
     steps = min(config.frames, len(episode["obs"]))
-    z = dream(twin, task, series["mu"][:steps], series["logvar"][:steps], episode["action"][:steps],
-              min(config.context, steps), config.tau, np.random.default_rng(config.seed))
+    z = dream(
+        twin,
+        task,
+        series["mu"][:steps],
+        series["logvar"][:steps],
+        episode["action"][:steps],
+        min(config.context, steps),
+        config.tau,
+        np.random.default_rng(config.seed),
+    )
     rows = [episode["obs"][:steps], to_frames(decoder, series["mu"][:steps]), to_frames(decoder, z)]
 
     from PIL import Image
@@ -88,15 +104,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     strip = np.concatenate([np.concatenate(list(row[picks]), axis=1) for row in rows], axis=0)
     name = f"dream_ep{config.episode:06d}_tau{config.tau:.2f}"
     png = out / "rnn" / f"{name}.png"
-    atomic_write(png, lambda f: Image.fromarray(strip).resize((strip.shape[1] * 2, strip.shape[0] * 2),
-                                                              Image.NEAREST).save(f, format="PNG"))
-    frames = [Image.fromarray(np.concatenate([row[t] for row in rows], axis=1)).resize((384, 128), Image.NEAREST)
-              for t in range(steps)]
+    atomic_write(
+        png,
+        lambda f: (
+            Image.fromarray(strip).resize((strip.shape[1] * 2, strip.shape[0] * 2), Image.NEAREST).save(f, format="PNG")
+        ),
+    )
+    frames = [
+        Image.fromarray(np.concatenate([row[t] for row in rows], axis=1)).resize((384, 128), Image.NEAREST)
+        for t in range(steps)
+    ]
     gif = out / "rnn" / f"{name}.gif"
-    atomic_write(gif, lambda f: frames[0].save(f, format="GIF", save_all=True, append_images=frames[1:],
-                                               duration=50, loop=0))
-    print(f"[dream] rows real | V(real) | dream (τ = {config.tau}, {config.context} real frame(s) of context) → "
-          f"{png} and {gif}", flush=True)
+    atomic_write(
+        gif, lambda f: frames[0].save(f, format="GIF", save_all=True, append_images=frames[1:], duration=50, loop=0)
+    )
+    print(
+        f"[dream] rows real | V(real) | dream (τ = {config.tau}, {config.context} real frame(s) of context) → "
+        f"{png} and {gif}",
+        flush=True,
+    )
     return 0
 
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from controller import model as controller_model
-from controller.agent import Agent, AGENT_STREAM
-from controller.es import CMAES, SELECTION_BASE, TEST_BASE, TRAIN_RANGE, selection_seeds, heldout_seeds, training_seeds
+from controller.agent import AGENT_STREAM, Agent
+from controller.es import CMAES, SELECTION_BASE, TEST_BASE, TRAIN_RANGE, heldout_seeds, selection_seeds, training_seeds
 from controller.model import Controller, controller_shape
 from env.common.cli import UserError
 from env.policies import controller_to_env_action
@@ -17,10 +17,17 @@ CAR = get_task("carracing")
 DOOM = get_task("doom")
 
 
-@pytest.mark.parametrize("task, mode, count", [
-    (CAR, "z", 99), (CAR, "zh", 867), (CAR, "zch", 1635), (CAR, "z_hidden", 1443), (CAR, "zc", 867),
-    (DOOM, "zch", 1088),
-])
+@pytest.mark.parametrize(
+    "task, mode, count",
+    [
+        (CAR, "z", 99),
+        (CAR, "zh", 867),
+        (CAR, "zch", 1635),
+        (CAR, "z_hidden", 1443),
+        (CAR, "zc", 867),
+        (DOOM, "zch", 1088),
+    ],
+)
 def test_parameter_counts_match_the_paper(task, mode, count):
     assert controller_shape(task, mode).n_params == count
 
@@ -47,8 +54,8 @@ def test_hidden_layout_and_doom_without_bias():
     shape = controller_shape(CAR, "z_hidden")
     p = np.random.default_rng(0).normal(size=shape.n_params)
     f = np.random.default_rng(1).normal(size=(4, 32))
-    b1, w1 = p[:40], p[40:40 + 32 * 40].reshape(32, 40)
-    rest = p[40 + 32 * 40:]
+    b1, w1 = p[:40], p[40 : 40 + 32 * 40].reshape(32, 40)
+    rest = p[40 + 32 * 40 :]
     b2, w2 = rest[:3], rest[3:].reshape(40, 3)
     assert np.allclose(Controller(shape, p)(f), np.tanh(np.tanh(f @ w1 + b1) @ w2 + b2))
 
@@ -64,8 +71,12 @@ def random_twins(task, seed=0):
     """Twins with random weights of the exported shapes (their parity with Keras is tested in test_vae/test_rnn)."""
     rng = np.random.default_rng(seed)
     enc = {}
-    for name, k, cin, cout in (("enc_conv1", 4, 3, 32), ("enc_conv2", 4, 32, 64), ("enc_conv3", 4, 64, 128),
-                               ("enc_conv4", 4, 128, 256)):
+    for name, k, cin, cout in (
+        ("enc_conv1", 4, 3, 32),
+        ("enc_conv2", 4, 32, 64),
+        ("enc_conv3", 4, 64, 128),
+        ("enc_conv4", 4, 128, 256),
+    ):
         enc[f"{name}.kernel"] = rng.normal(0, 0.1, (k, k, cin, cout)).astype(np.float32)
         enc[f"{name}.bias"] = rng.normal(0, 0.1, cout).astype(np.float32)
     for name in ("enc_fc_mu", "enc_fc_log_var"):
@@ -73,9 +84,13 @@ def random_twins(task, seed=0):
         enc[f"{name}.bias"] = rng.normal(0, 0.1, task.z_size).astype(np.float32)
     u, n_in = task.rnn_units, task.z_size + task.action_dim + len(task.rnn_extra_inputs)
     n_out = task.z_size * 15 + int(task.rnn_predicts_done)
-    rnn = {"lstm.kernel": rng.normal(0, 0.1, (n_in, 4 * u)), "lstm.recurrent_kernel": rng.normal(0, 0.1, (u, 4 * u)),
-           "lstm.bias": rng.normal(0, 0.1, 4 * u), "mdn.kernel": rng.normal(0, 0.1, (u, n_out)),
-           "mdn.bias": np.zeros(n_out)}
+    rnn = {
+        "lstm.kernel": rng.normal(0, 0.1, (n_in, 4 * u)),
+        "lstm.recurrent_kernel": rng.normal(0, 0.1, (u, 4 * u)),
+        "lstm.bias": rng.normal(0, 0.1, 4 * u),
+        "mdn.kernel": rng.normal(0, 0.1, (u, n_out)),
+        "mdn.bias": np.zeros(n_out),
+    }
     return EncoderTwin(enc), RNNTwin({k: v.astype(np.float32) for k, v in rnn.items()}, task)
 
 

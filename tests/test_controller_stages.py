@@ -31,8 +31,12 @@ def make_run(out, task, seed=0):
         (out / stage).mkdir(parents=True, exist_ok=True)
     save_vae(build_vae(task, seed=seed), out / "vae", task)
     initial = np.random.default_rng(seed).normal(size=(4, task.z_size)).astype(np.float32)
-    save_rnn(build_rnn(task, seed=seed), out / "rnn", task,
-             extra={"initial_z_mu": initial, "initial_z_logvar": np.full_like(initial, -2.0)})
+    save_rnn(
+        build_rnn(task, seed=seed),
+        out / "rnn",
+        task,
+        extra={"initial_z_mu": initial, "initial_z_logvar": np.full_like(initial, -2.0)},
+    )
     for stage in ("vae", "rnn"):
         (out / stage / "config.json").write_text(json.dumps({"settings": {"task": task.name}}))
     return out
@@ -68,8 +72,9 @@ def test_mpirun_np3_killed_and_rerun_gives_the_serial_history(car_run, tmp_path)
 
     out = copy_models(car_run, tmp_path / "mpi")
     command = [MPIRUN, "-np", "3", PY, "-m", "controller.train", "--out", str(out), *args]
-    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     hist = out / "controller" / "zh" / "history.json"
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
@@ -98,10 +103,23 @@ def test_mpirun_np3_killed_and_rerun_gives_the_serial_history(car_run, tmp_path)
     assert again.returncode == 0 and "nothing to do" in again.stdout
 
     # Probe that the rollout process never imported TensorFlow: one more generation, played in this one process.
-    probe = subprocess.run([PY, "-c", "import sys; from controller import train; train.main(sys.argv[1:]); "
-                            "print('TF' if {'tensorflow', 'keras'} & set(sys.modules) else 'numpy only')",
-                            "--out", str(car_run), *args, "--generations", "5"],
-                           cwd=ROOT, capture_output=True, text=True, timeout=300)
+    probe = subprocess.run(
+        [
+            PY,
+            "-c",
+            "import sys; from controller import train; train.main(sys.argv[1:]); "
+            "print('TF' if {'tensorflow', 'keras'} & set(sys.modules) else 'numpy only')",
+            "--out",
+            str(car_run),
+            *args,
+            "--generations",
+            "5",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert probe.returncode == 0, probe.stderr
     assert probe.stdout.strip().endswith("numpy only")
 
@@ -144,10 +162,28 @@ def test_evaluate_skips_a_result_it_already_holds_and_replays_on_any_change(car_
     assert evaluate.main([*flags[:-1], "2"]) == 0  # another worker count: same episodes
     assert "nothing to do" in capsys.readouterr().out and path.stat().st_mtime_ns == first
     assert evaluate.main([*flags, "--max-steps", "11"]) == 0
-    assert "nothing to do" not in capsys.readouterr().out and json.loads(path.read_text())["episodes"][0]["length"] == 11
+    assert (
+        "nothing to do" not in capsys.readouterr().out and json.loads(path.read_text())["episodes"][0]["length"] == 11
+    )
     # A new search (other seed) writes a new best.json: its evaluation is played again.
-    assert train.main(["--out", str(out), "--task", "carracing", *TINY, "--generations", "1", "--seed", "5",
-                       "--restart-on-change", "true"]) == 0
+    assert (
+        train.main(
+            [
+                "--out",
+                str(out),
+                "--task",
+                "carracing",
+                *TINY,
+                "--generations",
+                "1",
+                "--seed",
+                "5",
+                "--restart-on-change",
+                "true",
+            ]
+        )
+        == 0
+    )
     assert (out / "controller" / "zh.previous" / "checkpoint.pkl").exists()
     capsys.readouterr()
     assert evaluate.main([*flags, "--max-steps", "11"]) == 0
@@ -185,8 +221,13 @@ def test_a_crashing_episode_is_retried_once_then_scored_failed(car_run, monkeypa
     clean = rollouts.Rollouts(spec).run(rollouts.Job(params, np.array([[11, 12, 13]])))
     attempts = {}
     real_make_env = rollouts.make_env
-    monkeypatch.setattr(rollouts, "make_env", lambda task, max_steps: CrashingEnv(
-        real_make_env(task, max_steps=max_steps), {11: "once", 12: "always"}, attempts))
+    monkeypatch.setattr(
+        rollouts,
+        "make_env",
+        lambda task, max_steps: CrashingEnv(
+            real_make_env(task, max_steps=max_steps), {11: "once", 12: "always"}, attempts
+        ),
+    )
     result = rollouts.Rollouts(spec).run(rollouts.Job(params, np.array([[11, 12, 13]])))
     assert attempts == {11: 2, 12: 2}
     assert result.returns[0, 0] == clean.returns[0, 0] and result.lengths[0, 0] == 15
@@ -204,8 +245,11 @@ def test_training_continues_past_a_failed_episode(car_run, tmp_path, monkeypatch
     out = copy_models(car_run, tmp_path / "crash")
     seeds = train.training_seeds(0, 1, 4, 2, True)
     real_make_env = rollouts.make_env
-    monkeypatch.setattr(rollouts, "make_env", lambda task, max_steps: CrashingEnv(
-        real_make_env(task, max_steps=max_steps), {int(seeds[0, 0]): "always"}, {}))
+    monkeypatch.setattr(
+        rollouts,
+        "make_env",
+        lambda task, max_steps: CrashingEnv(real_make_env(task, max_steps=max_steps), {int(seeds[0, 0]): "always"}, {}),
+    )
     assert train.main(["--out", str(out), "--task", "carracing", *TINY, "--generations", "2"]) == 0
     rows = history(out)
     assert [r["failed_episodes"] for r in rows] == [2, 0]  # the seed is shared by candidates 0 and 2
@@ -215,8 +259,22 @@ def test_training_continues_past_a_failed_episode(car_run, tmp_path, monkeypatch
 
 def test_doom_trains_in_the_dream_by_default_the_same_under_mpi_and_plays_the_real_game(tmp_path):
     out = make_run(tmp_path / "serial", DOOM)
-    args = ["--task", "doom", "--popsize", "6", "--num-episode", "3", "--generations", "2", "--eval-every", "1",
-            "--eval-episodes", "4", "--max-steps", "60"]
+    args = [
+        "--task",
+        "doom",
+        "--popsize",
+        "6",
+        "--num-episode",
+        "3",
+        "--generations",
+        "2",
+        "--eval-every",
+        "1",
+        "--eval-episodes",
+        "4",
+        "--max-steps",
+        "60",
+    ]
     assert train.main(["--out", str(out), *args]) == 0
     config = json.loads((out / "controller" / "zch" / "config.json").read_text())
     assert config["settings"]["env"] == "dream" and config["settings"]["tau"] == 1.15
@@ -232,8 +290,10 @@ def test_doom_trains_in_the_dream_by_default_the_same_under_mpi_and_plays_the_re
     evaluations = json.loads((out / "controller" / "r" / "evaluations.json").read_text())
     assert len(evaluations) == 2 and all(e["episodes"] == 4 for e in evaluations)
 
-    assert evaluate.main(["--out", str(out), "--task", "doom", "--max-steps", "30", "--episodes", "2",
-                          "--workers", "1"]) == 0
+    assert (
+        evaluate.main(["--out", str(out), "--task", "doom", "--max-steps", "30", "--episodes", "2", "--workers", "1"])
+        == 0
+    )
     result = json.loads((out / "eval" / "zch.json").read_text())
     assert result["n"] == 2 and all(1 <= e["length"] <= 30 for e in result["episodes"])
     assert all(e["return"] == e["length"] for e in result["episodes"])  # +1 per tic alive
@@ -251,8 +311,7 @@ def test_user_errors_are_one_line_with_exit_2(car_run, tmp_path):
         ("controller.train", ["--out", str(doom_run), "--task", "doom"], "trained for 'carracing', not 'doom'"),
         ("controller.train", ["--out", str(car_run), "--mode", "zzz"], "unknown controller mode"),
         ("controller.train", ["--out", str(car_run), "--popsize", "1"], "--popsize must be at least 2"),
-        ("controller.train", ["--out", str(trained), *TINY, "--generations", "9", "--seed", "5"],
-         "--seed=0 (now 5)"),
+        ("controller.train", ["--out", str(trained), *TINY, "--generations", "9", "--seed", "5"], "--seed=0 (now 5)"),
     ]
     for module, args, message in cases:
         result = run_module(module, *args)
@@ -275,8 +334,18 @@ def test_tau_table_trains_scores_and_reuses_one_controller_per_temperature(tmp_p
     from controller.results import tau_table
 
     out = make_run(tmp_path, DOOM)
-    args = ["--out", str(out), "--taus", "0.5,1.15", "--episodes", "2", "--workers", "1", "--train-flags",
-            "--popsize 2 --num-episode 1 --generations 1 --eval-episodes 1 --max-steps 40"]
+    args = [
+        "--out",
+        str(out),
+        "--taus",
+        "0.5,1.15",
+        "--episodes",
+        "2",
+        "--workers",
+        "1",
+        "--train-flags",
+        "--popsize 2 --num-episode 1 --generations 1 --eval-episodes 1 --max-steps 40",
+    ]
     assert tau_table.main(args) == 0
     table = (out / "tau_table.md").read_text()
     assert "| 0.50 |" in table and "| 1.15 |" in table and "1092 ± 556" in table and "210 ± 108" in table
@@ -302,13 +371,34 @@ def test_the_car_trains_in_the_dream_of_an_m_with_dream_heads(car_run, tmp_path)
     write_fake_series(out, CAR, [12] * 4)
     plain = run_module("controller.train", "--out", str(car_run), "--env", "dream", *TINY)
     assert plain.returncode == 2 and "--dream-heads true" in plain.stderr
-    assert rnn_train.main(["--task", "carracing", "--out", str(out), "--batch-size", "2", "--seq-len", "12",
-                           "--steps", "2", "--dream-heads", "true"]) == 0
+    assert (
+        rnn_train.main(
+            [
+                "--task",
+                "carracing",
+                "--out",
+                str(out),
+                "--batch-size",
+                "2",
+                "--seq-len",
+                "12",
+                "--steps",
+                "2",
+                "--dream-heads",
+                "true",
+            ]
+        )
+        == 0
+    )
     with np.load(out / "rnn" / "weights.npz") as weights:
         assert bool(weights["predicts_done"]) and bool(weights["predicts_reward"])
     assert train.main(["--out", str(out), "--task", "carracing", "--env", "dream", *TINY, "--generations", "1"]) == 0
     config = json.loads((out / "controller" / "zh" / "config.json").read_text())
     assert config["settings"]["env"] == "dream"
-    assert evaluate.main(["--out", str(out), "--task", "carracing", "--episodes", "1", "--max-steps", "15",
-                          "--workers", "1"]) == 0
+    assert (
+        evaluate.main(
+            ["--out", str(out), "--task", "carracing", "--episodes", "1", "--max-steps", "15", "--workers", "1"]
+        )
+        == 0
+    )
     assert json.loads((out / "eval" / "zh.json").read_text())["episodes"][0]["length"] == 15

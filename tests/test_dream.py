@@ -17,9 +17,13 @@ def doom_m(seed=0, done_bias=-4.0, initial_logvar=-2.0, starts=5):
     that episodes end after a few to a few hundred steps."""
     rng = np.random.default_rng(seed)
     u, n_in, n_out = DOOM.rnn_units, DOOM.z_size + 2, DOOM.z_size * 15 + 1
-    w = {"lstm.kernel": rng.normal(0, 0.1, (n_in, 4 * u)), "lstm.recurrent_kernel": rng.normal(0, 0.05, (u, 4 * u)),
-         "lstm.bias": rng.normal(0, 0.1, 4 * u), "mdn.kernel": rng.normal(0, 0.05, (u, n_out)),
-         "mdn.bias": rng.normal(0, 0.1, n_out)}
+    w = {
+        "lstm.kernel": rng.normal(0, 0.1, (n_in, 4 * u)),
+        "lstm.recurrent_kernel": rng.normal(0, 0.05, (u, 4 * u)),
+        "lstm.bias": rng.normal(0, 0.1, 4 * u),
+        "mdn.kernel": rng.normal(0, 0.05, (u, n_out)),
+        "mdn.bias": rng.normal(0, 0.1, n_out),
+    }
     w["mdn.kernel"][:, 0] *= 10.0
     w["mdn.bias"][0] = done_bias
     w = {k: v.astype(np.float32) for k, v in w.items()}
@@ -33,8 +37,9 @@ def play(rnn, seeds, tau=1.15, max_steps=2100, action=0.3):
     dream = DreamBatch(rnn, np.asarray(seeds), tau, max_steps)
     trace = []
     while not dream.done:
-        trace.append({int(b): (dream.z[i].copy(), dream.h[i].copy(), dream.c[i].copy())
-                      for i, b in enumerate(dream.active)})
+        trace.append(
+            {int(b): (dream.z[i].copy(), dream.h[i].copy(), dream.c[i].copy()) for i, b in enumerate(dream.active)}
+        )
         dream.step(np.full((len(dream.active), 1), action, np.float32))
     return dream, trace
 
@@ -73,7 +78,7 @@ def test_a_batch_gives_each_episodes_own_trajectory_and_finished_ones_leave():
         for t in range(alone.lengths[0]):
             for got, want in zip(batch_trace[t][b], alone_trace[t][0]):
                 np.testing.assert_allclose(got, want, atol=1e-5)
-        assert all(b not in step for step in batch_trace[batch.lengths[b]:])
+        assert all(b not in step for step in batch_trace[batch.lengths[b] :])
 
 
 def test_the_controller_sees_z_c_h_with_ms_state_before_z_as_in_the_real_env():
@@ -109,31 +114,45 @@ def test_batch_controller_matches_one_controller_per_row():
         params = np.random.default_rng(0).normal(0, 0.2, (3, shape.n_params))
         f = np.random.default_rng(1).normal(size=(7, shape.input_size)).astype(np.float32)
         which = np.array([0, 2, 1, 1, 0, 2, 2])
-        want = np.stack([Controller(shape, params[w])(f[i:i + 1])[0] for i, w in enumerate(which)])
+        want = np.stack([Controller(shape, params[w])(f[i : i + 1])[0] for i, w in enumerate(which)])
         np.testing.assert_allclose(BatchController(shape, params)(f, which), want, atol=1e-5)
 
 
 def test_dream_rollouts_score_each_candidate_by_survival(tmp_path):
     rnn = doom_m()
     (tmp_path / "rnn").mkdir()
-    np.savez(tmp_path / "rnn" / "weights.npz", task=np.str_("doom"), **{
-        "lstm.kernel": rnn.kernel, "lstm.recurrent_kernel": rnn.recurrent_kernel, "lstm.bias": rnn.bias,
-        "mdn.kernel": rnn.head_kernel, "mdn.bias": rnn.head_bias,
-        "initial_z_mu": rnn.initial_z[0], "initial_z_logvar": rnn.initial_z[1]})
+    np.savez(
+        tmp_path / "rnn" / "weights.npz",
+        task=np.str_("doom"),
+        **{
+            "lstm.kernel": rnn.kernel,
+            "lstm.recurrent_kernel": rnn.recurrent_kernel,
+            "lstm.bias": rnn.bias,
+            "mdn.kernel": rnn.head_kernel,
+            "mdn.bias": rnn.head_bias,
+            "initial_z_mu": rnn.initial_z[0],
+            "initial_z_logvar": rnn.initial_z[1],
+        },
+    )
     rollouts = DreamRollouts(RolloutSpec(str(tmp_path), "doom", "zch", 2100, env="dream", tau=1.15))
     params = np.random.default_rng(0).normal(0, 0.1, (4, 1088))
     seeds = np.arange(12).reshape(4, 3)
     together = rollouts.run(Job(params, seeds))
     assert together.returns.shape == (4, 3) and (together.returns == together.lengths).all()
     for i in range(4):
-        alone = rollouts.run(Job(params[i:i + 1], seeds[i:i + 1]))
+        alone = rollouts.run(Job(params[i : i + 1], seeds[i : i + 1]))
         np.testing.assert_array_equal(alone.lengths[0], together.lengths[i])
 
 
 def test_an_m_without_a_done_head_is_no_dream():
     car = get_task("carracing")
-    weights = {"lstm.kernel": np.zeros((35, 1024)), "lstm.recurrent_kernel": np.zeros((256, 1024)),
-               "lstm.bias": np.zeros(1024), "mdn.kernel": np.zeros((256, 480)), "mdn.bias": np.zeros(480)}
+    weights = {
+        "lstm.kernel": np.zeros((35, 1024)),
+        "lstm.recurrent_kernel": np.zeros((256, 1024)),
+        "lstm.bias": np.zeros(1024),
+        "mdn.kernel": np.zeros((256, 480)),
+        "mdn.bias": np.zeros(480),
+    }
     with pytest.raises(ValueError, match="predicts no done"):
         DreamBatch(RNNTwin({k: v.astype(np.float32) for k, v in weights.items()}, car), np.arange(2), 1.0, 1000)
 
@@ -142,15 +161,22 @@ def test_a_car_dream_pays_ms_predicted_rewards_and_has_no_restart_input():
     car = get_task("carracing")
     rng = np.random.default_rng(0)
     n_out = 2 + 32 * 15
-    w = {"lstm.kernel": rng.normal(0, 0.1, (35, 1024)), "lstm.recurrent_kernel": rng.normal(0, 0.05, (256, 1024)),
-         "lstm.bias": rng.normal(0, 0.1, 1024), "mdn.kernel": rng.normal(0, 0.05, (256, n_out)),
-         "mdn.bias": rng.normal(0, 0.1, n_out)}
+    w = {
+        "lstm.kernel": rng.normal(0, 0.1, (35, 1024)),
+        "lstm.recurrent_kernel": rng.normal(0, 0.05, (256, 1024)),
+        "lstm.bias": rng.normal(0, 0.1, 1024),
+        "mdn.kernel": rng.normal(0, 0.05, (256, n_out)),
+        "mdn.bias": rng.normal(0, 0.1, n_out),
+    }
     w["mdn.kernel"][:, 0] *= 10.0
     w["mdn.bias"][0] = -4.0
     w = {k: v.astype(np.float32) for k, v in w.items()}
-    w.update(initial_z_mu=rng.normal(size=(3, 32)).astype(np.float32),
-             initial_z_logvar=np.full((3, 32), -2.0, np.float32), predicts_done=np.bool_(True),
-             predicts_reward=np.bool_(True))
+    w.update(
+        initial_z_mu=rng.normal(size=(3, 32)).astype(np.float32),
+        initial_z_logvar=np.full((3, 32), -2.0, np.float32),
+        predicts_done=np.bool_(True),
+        predicts_reward=np.bool_(True),
+    )
     rnn = RNNTwin(w, car)
     dream = DreamBatch(rnn, np.arange(4), 1.0, 1000)
     assert dream.restart.shape == (4, 0)
@@ -159,8 +185,8 @@ def test_a_car_dream_pays_ms_predicted_rewards_and_has_no_restart_input():
     action = np.tile(np.float32([0.1, 0.5, 0.0]), (4, 1))
     while not dream.done:
         rows = dream.active
-        params, h, c = rnn.step(np.concatenate([dream.z, action[:len(rows)]], axis=1), dream.h, dream.c)
+        params, h, c = rnn.step(np.concatenate([dream.z, action[: len(rows)]], axis=1), dream.h, dream.c)
         rewards[rows] += params.reward
-        dream.step(action[:len(rows)])
+        dream.step(action[: len(rows)])
     np.testing.assert_allclose(dream.returns, rewards, rtol=1e-5)
     assert (dream.lengths < 1000).any() and not np.allclose(dream.returns, dream.lengths)

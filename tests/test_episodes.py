@@ -3,9 +3,8 @@
 import numpy as np
 import pytest
 
-from env.episodes import (FormatError, episode_path, frame_dataset, list_episodes, read_episode,
-                          write_episode)
 from env.common.cli import UserError
+from env.episodes import FormatError, episode_path, frame_dataset, list_episodes, read_episode, write_episode
 from env.tasks import get_task
 
 CAR = get_task("carracing")
@@ -14,10 +13,12 @@ DOOM = get_task("doom")
 
 def fake_episode(length, action_dim=3, seed=0):
     rng = np.random.default_rng(seed)
-    return dict(obs=rng.integers(0, 256, (length, 64, 64, 3), dtype=np.uint8),
-                action=rng.uniform(-1, 1, (length, action_dim)).astype(np.float32),
-                reward=rng.normal(size=length).astype(np.float32),
-                done=np.arange(length) == length - 1)
+    return dict(
+        obs=rng.integers(0, 256, (length, 64, 64, 3), dtype=np.uint8),
+        action=rng.uniform(-1, 1, (length, action_dim)).astype(np.float32),
+        reward=rng.normal(size=length).astype(np.float32),
+        done=np.arange(length) == length - 1,
+    )
 
 
 def test_round_trip(tmp_path):
@@ -75,8 +76,7 @@ def test_bit_flip_inside_compressed_data_is_caught(tmp_path):
 def test_missing_field_and_wrong_task_are_named(tmp_path):
     ep = fake_episode(4)
     path = tmp_path / "ep_000001.npz"
-    np.savez(path, obs=ep["obs"], action=ep["action"], reward=ep["reward"], task=np.str_("carracing"),
-             seed=np.int64(0))
+    np.savez(path, obs=ep["obs"], action=ep["action"], reward=ep["reward"], task=np.str_("carracing"), seed=np.int64(0))
     with pytest.raises(FormatError, match="field 'done' is missing"):
         read_episode(path, CAR)
     write_episode(path, CAR, seed=0, **ep)

@@ -30,8 +30,22 @@ def assert_same(a, b):
 @pytest.fixture(scope="module")
 def car_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("car")
-    extract.main(["--task", "carracing", "--episodes", "3", "--max-steps", "40", "--workers", "2",
-                  "--seed", "7", "--out", str(out)])
+    extract.main(
+        [
+            "--task",
+            "carracing",
+            "--episodes",
+            "3",
+            "--max-steps",
+            "40",
+            "--workers",
+            "2",
+            "--seed",
+            "7",
+            "--out",
+            str(out),
+        ]
+    )
     return out
 
 
@@ -64,26 +78,69 @@ def test_rerun_is_identical_and_resumes(car_run, tmp_path):
     # one worker instead of two, and episode 1 "lost" in a kill: the rerun rewrites it identically
     (car_run / "record" / "ep_000001.npz").unlink()
     (car_run / "record" / ".ep_000002.npz.x.tmp").write_bytes(b"partial")
-    extract.main(["--task", "carracing", "--episodes", "3", "--max-steps", "40", "--workers", "1",
-                  "--seed", "7", "--out", str(car_run)])
+    extract.main(
+        [
+            "--task",
+            "carracing",
+            "--episodes",
+            "3",
+            "--max-steps",
+            "40",
+            "--workers",
+            "1",
+            "--seed",
+            "7",
+            "--out",
+            str(car_run),
+        ]
+    )
     assert_same(before, arrays(car_run / "record"))
     assert (car_run / "record" / "ep_000001.npz").read_bytes() == before_bytes
     assert not list((car_run / "record").glob(".*.tmp"))
     # a different seed gives different episodes
-    extract.main(["--task", "carracing", "--episodes", "1", "--max-steps", "40", "--workers", "1",
-                  "--seed", "8", "--out", str(tmp_path)])
+    extract.main(
+        [
+            "--task",
+            "carracing",
+            "--episodes",
+            "1",
+            "--max-steps",
+            "40",
+            "--workers",
+            "1",
+            "--seed",
+            "8",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert not np.array_equal(arrays(tmp_path / "record")[0]["obs"], before[0]["obs"])
 
 
 def test_changed_settings_refuse_to_mix(car_run):
     with pytest.raises(UserError, match="collected with seed=7 \\(now 9\\)"):
-        extract.main(["--task", "carracing", "--episodes", "3", "--max-steps", "40", "--seed", "9",
-                      "--out", str(car_run)])
+        extract.main(
+            ["--task", "carracing", "--episodes", "3", "--max-steps", "40", "--seed", "9", "--out", str(car_run)]
+        )
 
 
 def test_doom_keeps_only_episodes_longer_than_100_steps(tmp_path):
-    extract.main(["--task", "doom", "--episodes", "4", "--max-steps", "400", "--workers", "2", "--seed", "3",
-                  "--out", str(tmp_path)])
+    extract.main(
+        [
+            "--task",
+            "doom",
+            "--episodes",
+            "4",
+            "--max-steps",
+            "400",
+            "--workers",
+            "2",
+            "--seed",
+            "3",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     episodes = arrays(tmp_path / "record")
     assert len(episodes) == 4
     for ep in episodes:
@@ -95,13 +152,16 @@ def test_doom_keeps_only_episodes_longer_than_100_steps(tmp_path):
         assert ep["done"][-1] == (length < 400)  # died, or hit the cap
 
 
-@pytest.mark.parametrize("flags,message", [
-    (["--task", "pong"], "unknown task 'pong'"),
-    (["--episodes", "-2"], "--episodes must be at least 1"),
-    (["--workers", "0"], "--workers must be at least 1"),
-    (["--task", "doom", "--max-steps", "100"], "must exceed doom's minimum kept episode length 100"),
-    (["--episodes", "lots"], "invalid int value"),
-])
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--task", "pong"], "unknown task 'pong'"),
+        (["--episodes", "-2"], "--episodes must be at least 1"),
+        (["--workers", "0"], "--workers must be at least 1"),
+        (["--task", "doom", "--max-steps", "100"], "must exceed doom's minimum kept episode length 100"),
+        (["--episodes", "lots"], "invalid int value"),
+    ],
+)
 def test_bad_input_is_a_user_error(tmp_path, flags, message):
     with pytest.raises(UserError, match=message):
         extract.main(["--out", str(tmp_path)] + flags)
@@ -111,8 +171,9 @@ def test_command_line_errors_are_one_line_and_nonzero(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
     for flags in (["--task", "pong", "--out", str(tmp_path)], ["--out", str(blocker / "run")]):
-        result = subprocess.run([sys.executable, "-m", "env.extract", *flags], cwd=ROOT, capture_output=True,
-                                text=True, timeout=120)
+        result = subprocess.run(
+            [sys.executable, "-m", "env.extract", *flags], cwd=ROOT, capture_output=True, text=True, timeout=120
+        )
         assert result.returncode == 2
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr

@@ -63,10 +63,13 @@ def check_complete(out, task, mode, extra_evals=()):
     return report
 
 
-@pytest.mark.parametrize("task, np_, kill_stage, progress, resumed", [
-    ("carracing", "1", 5, "[stage 5] gen 1/2", "generations 2..2"),  # C continues after its first generation
-    ("doom", "2", 2, "[stage 2] doom: V", "[stage 2] doom: V"),  # V, killed before a checkpoint, trains again
-])
+@pytest.mark.parametrize(
+    "task, np_, kill_stage, progress, resumed",
+    [
+        ("carracing", "1", 5, "[stage 5] gen 1/2", "generations 2..2"),  # C continues after its first generation
+        ("doom", "2", 2, "[stage 2] doom: V", "[stage 2] doom: V"),  # V, killed before a checkpoint, trains again
+    ],
+)
 def test_smoke_pipeline_survives_a_kill_and_a_rerun(tmp_path, task, np_, kill_stage, progress, resumed):
     out = tmp_path / "run"
     args = [task, "--preset", "smoke", "--np", np_, "--out", str(out)]
@@ -90,8 +93,11 @@ def test_smoke_pipeline_survives_a_kill_and_a_rerun(tmp_path, task, np_, kill_st
 
 
 def test_run_sh_rejects_bad_arguments(tmp_path):
-    for args, message in ((["pong"], "unknown argument"), (["--preset", "huge", "--out", str(tmp_path)], "unknown preset"),
-                          (["--np", "0"], "--np must be a positive integer")):
+    for args, message in (
+        (["pong"], "unknown argument"),
+        (["--preset", "huge", "--out", str(tmp_path)], "unknown preset"),
+        (["--np", "0"], "--np must be a positive integer"),
+    ):
         result = subprocess.run([RUN_SH, *args], capture_output=True, text=True, timeout=120)
         assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
 
@@ -102,8 +108,9 @@ def test_a_training_stage_rerun_with_other_settings_is_refused_or_set_aside(tmp_
 
     stage = tmp_path / "vae"
     stage.mkdir()
-    (stage / "config.json").write_text(json.dumps({"settings": {"epochs": 1, "out": "a"}, "data": {"frames": 9},
-                                                   "result": {}}))
+    (stage / "config.json").write_text(
+        json.dumps({"settings": {"epochs": 1, "out": "a"}, "data": {"frames": 9}, "result": {}})
+    )
     (stage / "vae.keras").write_text("model")
     same = {"settings": {"epochs": 1, "out": "b"}, "data": {"frames": 9}}
     assert check_previous(stage, same, ("out",), "vae.keras") == "done"

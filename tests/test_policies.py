@@ -72,4 +72,5 @@ def test_doom_baseline_draws_a_fresh_uniform_action_every_step():
     counts, _ = np.histogram(actions[:, 0], bins=4, range=(-1, 1))
     assert np.all(np.abs(counts - 1000) < 120)  # ±3.8σ of a binomial(4000, 1/4)
     np.testing.assert_array_equal(
-        actions[:5, 0], np.random.default_rng(2).uniform(-1.0, 1.0, (5, 1))[:, 0].astype(np.float32))
+        actions[:5, 0], np.random.default_rng(2).uniform(-1.0, 1.0, (5, 1))[:, 0].astype(np.float32)
+    )

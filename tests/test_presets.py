@@ -8,15 +8,21 @@ import pytest
 from controller.evaluate import EvaluateConfig
 from controller.train import TrainConfig
 from env.common.cli import UserError
-from env.extract import ExtractConfig
 from env.common.presets import PRESETS, stage_flags
+from env.extract import ExtractConfig
 from env.tasks import TASKS
 from rnn.train import RnnTrainConfig
 from vae.series import SeriesConfig
 from vae.train import VaeTrainConfig
 
-STAGE_CONFIGS = {"extract": ExtractConfig, "vae": VaeTrainConfig, "series": SeriesConfig, "rnn": RnnTrainConfig,
-                 "controller": TrainConfig, "evaluate": EvaluateConfig}
+STAGE_CONFIGS = {
+    "extract": ExtractConfig,
+    "vae": VaeTrainConfig,
+    "series": SeriesConfig,
+    "rnn": RnnTrainConfig,
+    "controller": TrainConfig,
+    "evaluate": EvaluateConfig,
+}
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))

@@ -22,16 +22,27 @@ SHA = hashlib.sha256(np.asarray(PARAMS, np.float64).tobytes()).hexdigest()
 
 def evaluation(task, returns, **extra):
     returns = np.asarray(returns, float)
-    return {"settings": {"task": task}, "params_sha256": SHA, "n": len(returns), "mean": float(returns.mean()), "std": float(returns.std()),
-            "episodes": [{"seed": 1610612736 + k, "return": float(r), "length": 100} for k, r in enumerate(returns)],
-            **extra}
+    return {
+        "settings": {"task": task},
+        "params_sha256": SHA,
+        "n": len(returns),
+        "mean": float(returns.mean()),
+        "std": float(returns.std()),
+        "episodes": [{"seed": 1610612736 + k, "return": float(r), "length": 100} for k, r in enumerate(returns)],
+        **extra,
+    }
 
 
 def controller(run, name, settings, generations):
     write(run / "controller" / name / "best.json", {"generation": generations, "params": PARAMS})
     write(run / "controller" / name / "config.json", {"settings": settings})
-    write(run / "controller" / name / "history.json",
-          [{"generation": g + 1, "seconds": 60.0 * (g + 1), "fitness_mean": 1.0, "sigma": 0.1} for g in range(generations)])
+    write(
+        run / "controller" / name / "history.json",
+        [
+            {"generation": g + 1, "seconds": 60.0 * (g + 1), "fitness_mean": 1.0, "sigma": 0.1}
+            for g in range(generations)
+        ],
+    )
 
 
 def test_doom_report_puts_dream_and_real_scores_beside_the_tau_row(tmp_path):

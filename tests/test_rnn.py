@@ -7,8 +7,19 @@ import pytest
 
 from env.common.cli import UserError
 from env.tasks import get_task
-from rnn.model import (DecayToFloor, MDNRNN, build_rnn, done_loss, export_weights, input_size, load_rnn,
-                       mixture_nll, output_size, save_rnn, split_params)
+from rnn.model import (
+    MDNRNN,
+    DecayToFloor,
+    build_rnn,
+    done_loss,
+    export_weights,
+    input_size,
+    load_rnn,
+    mixture_nll,
+    output_size,
+    save_rnn,
+    split_params,
+)
 from rnn.twin import MixtureParams, RNNTwin, sample_z
 
 CAR = get_task("carracing")
@@ -81,13 +92,15 @@ def test_mixture_nll_against_a_numpy_logsumexp_reference():
     z = rng.normal(size=shape).astype(np.float32)
     logits, mu = rng.normal(size=(*shape, 5)).astype(np.float32), rng.normal(size=(*shape, 5)).astype(np.float32)
     logstd = rng.uniform(-2, 1, (*shape, 5)).astype(np.float32)
-    assert float(mixture_nll(z, logits, mu, logstd)) == pytest.approx(numpy_mixture_nll(z, logits, mu, logstd),
-                                                                       rel=1e-5)
+    assert float(mixture_nll(z, logits, mu, logstd)) == pytest.approx(
+        numpy_mixture_nll(z, logits, mu, logstd), rel=1e-5
+    )
     # Far-out targets: finite, as logsumexp keeps it (no exp-then-log underflow).
     far = np.full(shape, 40.0, np.float32)
     assert np.isfinite(float(mixture_nll(far, logits, mu, logstd)))
-    assert float(mixture_nll(far, logits, mu, logstd)) == pytest.approx(numpy_mixture_nll(far, logits, mu, logstd),
-                                                                         rel=1e-4)
+    assert float(mixture_nll(far, logits, mu, logstd)) == pytest.approx(
+        numpy_mixture_nll(far, logits, mu, logstd), rel=1e-4
+    )
 
 
 def test_one_component_mixture_is_the_gaussian_log_density():
@@ -114,8 +127,12 @@ def test_done_loss_weights_positives_ten_times():
 
 def mixture_1d(logits, mu, logstd):
     shape = (1, 1, 5)
-    return MixtureParams(np.reshape(logits, shape).astype(np.float32), np.reshape(mu, shape).astype(np.float32),
-                         np.reshape(logstd, shape).astype(np.float32), None)
+    return MixtureParams(
+        np.reshape(logits, shape).astype(np.float32),
+        np.reshape(mu, shape).astype(np.float32),
+        np.reshape(logstd, shape).astype(np.float32),
+        None,
+    )
 
 
 def test_temperature_near_zero_picks_the_most_likely_components_mean():
@@ -125,21 +142,29 @@ def test_temperature_near_zero_picks_the_most_likely_components_mean():
 
 
 def test_temperature_one_matches_the_mixtures_mean_and_variance():
-    logits, mu, logstd = np.array([0.0, 1.0, -0.5, 0.3, 0.2]), np.array([-2, 0, 3, 1, -1.0]), \
-        np.log(np.array([0.5, 1.0, 0.3, 2.0, 0.8]))
+    logits, mu, logstd = (
+        np.array([0.0, 1.0, -0.5, 0.3, 0.2]),
+        np.array([-2, 0, 3, 1, -1.0]),
+        np.log(np.array([0.5, 1.0, 0.3, 2.0, 0.8])),
+    )
     pi = np.exp(logits) / np.exp(logits).sum()
     mean = (pi * mu).sum()
-    var = (pi * (np.exp(logstd) ** 2 + mu ** 2)).sum() - mean ** 2
+    var = (pi * (np.exp(logstd) ** 2 + mu**2)).sum() - mean**2
     n = 200_000
-    params = MixtureParams(np.tile(logits, (n, 1, 1)).astype(np.float32), np.tile(mu, (n, 1, 1)).astype(np.float32),
-                           np.tile(logstd, (n, 1, 1)).astype(np.float32), None)
+    params = MixtureParams(
+        np.tile(logits, (n, 1, 1)).astype(np.float32),
+        np.tile(mu, (n, 1, 1)).astype(np.float32),
+        np.tile(logstd, (n, 1, 1)).astype(np.float32),
+        None,
+    )
     draws = sample_z(params, 1.0, np.random.default_rng(0))[:, 0]
     assert abs(draws.mean() - mean) < 5 * np.sqrt(var / n)
     assert abs(draws.var() - var) < 0.02 * var
     # τ divides the logits: at τ = 2, component frequencies follow softmax(logits / 2); the variance
     # of each component is scaled by τ.
-    hot = sample_z(MixtureParams(params.logits, params.mu, np.full_like(params.logstd, -20.0), None), 2.0,
-                   np.random.default_rng(1))[:, 0]
+    hot = sample_z(
+        MixtureParams(params.logits, params.mu, np.full_like(params.logstd, -20.0), None), 2.0, np.random.default_rng(1)
+    )[:, 0]
     expected = np.exp(logits / 2) / np.exp(logits / 2).sum()
     observed = np.array([(np.abs(hot - m) < 1e-3).mean() for m in mu])
     np.testing.assert_allclose(observed, expected, atol=0.005)
@@ -197,8 +222,12 @@ def test_m_trains_on_sampled_z_and_death_targets_the_step_before_a_restart(model
     mu = np.random.default_rng(0).normal(size=(n, steps, 64)).astype(np.float32)
     restart = np.zeros((n, steps), np.float32)
     restart[:, 0] = restart[:, 6] = 1.0
-    batch = {"mu": mu, "logvar": np.full_like(mu, np.log(4.0)), "action": np.zeros((n, steps, 1), np.float32),
-             "restart": restart}
+    batch = {
+        "mu": mu,
+        "logvar": np.full_like(mu, np.log(4.0)),
+        "action": np.zeros((n, steps, 1), np.float32),
+        "restart": restart,
+    }
     inputs, z_next, done_next = (np.asarray(v) for v in model.sequences(batch))
     assert inputs.shape == (n, steps - 1, 66) and z_next.shape == (n, steps - 1, 64)
     noise = np.concatenate([inputs[..., :64] - mu[:, :-1], z_next - mu[:, 1:]]).ravel()
@@ -213,8 +242,15 @@ def test_m_trains_on_sampled_z_and_death_targets_the_step_before_a_restart(model
 def test_car_dream_heads_add_done_and_reward_in_front_of_the_mixture():
     model = randomised(build_rnn(CAR, seed=3, dream_heads=True), 2)
     assert model.count_params() == 422_368 + 2 * 257 and output_size(CAR, dream_heads=True) == 482
-    twin = RNNTwin({**export_weights(model), "task": np.str_("carracing"), "predicts_done": np.bool_(True),
-                    "predicts_reward": np.bool_(True)}, CAR)
+    twin = RNNTwin(
+        {
+            **export_weights(model),
+            "task": np.str_("carracing"),
+            "predicts_done": np.bool_(True),
+            "predicts_reward": np.bool_(True),
+        },
+        CAR,
+    )
     x = np.random.default_rng(6).normal(size=(2, 30, 35)).astype(np.float32)
     out = np.asarray(model(x)[0])
     h, c = twin.initial_state(2)
@@ -226,9 +262,13 @@ def test_car_dream_heads_add_done_and_reward_in_front_of_the_mixture():
 
     n, steps = 3, 8
     rng = np.random.default_rng(1)
-    batch = {"mu": rng.normal(size=(n, steps, 32)).astype(np.float32), "logvar": np.full((n, steps, 32), -20.0, np.float32),
-             "action": rng.normal(size=(n, steps, 3)).astype(np.float32),
-             "reward": rng.normal(size=(n, steps)).astype(np.float32), "done": np.zeros((n, steps), np.float32)}
+    batch = {
+        "mu": rng.normal(size=(n, steps, 32)).astype(np.float32),
+        "logvar": np.full((n, steps, 32), -20.0, np.float32),
+        "action": rng.normal(size=(n, steps, 3)).astype(np.float32),
+        "reward": rng.normal(size=(n, steps)).astype(np.float32),
+        "done": np.zeros((n, steps), np.float32),
+    }
     batch["done"][1, 4] = 1.0
     inputs, z_next, done_next = (np.asarray(v) for v in model.sequences(batch))
     np.testing.assert_array_equal(done_next, batch["done"][:, :-1])  # the step whose action ended the episode

@@ -28,9 +28,12 @@ def write_fake_series(out, task, lengths, seed=0):
         mu = rng.normal(0, 1, (length, task.z_size)).astype(np.float32)
         mu[:, 0] = 100 * i + np.arange(length)
         logvar = np.full((length, task.z_size), -4.0, np.float32)
-        episode = {"action": rng.uniform(-1, 1, (length, task.action_dim)).astype(np.float32),
-                   "reward": np.ones(length, np.float32), "done": np.arange(length) == length - 1,
-                   "seed": np.int64(i)}
+        episode = {
+            "action": rng.uniform(-1, 1, (length, task.action_dim)).astype(np.float32),
+            "reward": np.ones(length, np.float32),
+            "done": np.arange(length) == length - 1,
+            "seed": np.int64(i),
+        }
         write_series(out / "series" / f"ep_{i:06d}.npz", task, mu, logvar, episode)
     return SeriesSet(list_series(out / "series"), task)
 
@@ -117,8 +120,20 @@ class Record(keras.callbacks.Callback):
 
 def test_stage_4_doom_streams_carry_state_and_resume_mid_epoch(tmp_path, capsys):
     write_fake_series(tmp_path, DOOM, [9, 12, 8, 11, 10])  # 50 frames: 2 streams × 5-frame chunks → 5 chunks
-    args = ["--task", "doom", "--out", str(tmp_path), "--batch-size", "2", "--seq-len", "5", "--epochs", "2",
-            "--checkpoint-every", "1"]
+    args = [
+        "--task",
+        "doom",
+        "--out",
+        str(tmp_path),
+        "--batch-size",
+        "2",
+        "--seq-len",
+        "5",
+        "--epochs",
+        "2",
+        "--checkpoint-every",
+        "1",
+    ]
     with pytest.raises(KeyboardInterrupt):
         train.main(args, extra_callbacks=[Interrupt(at=7)])
     record = Record()
@@ -137,8 +152,10 @@ def test_stage_4_doom_streams_carry_state_and_resume_mid_epoch(tmp_path, capsys)
 def test_stage_4_doom_state_is_zero_at_each_epoch_start(tmp_path):
     write_fake_series(tmp_path, DOOM, [9, 12, 8, 11, 10])
     record = Record()
-    train.main(["--task", "doom", "--out", str(tmp_path), "--batch-size", "2", "--seq-len", "5", "--epochs", "2"],
-               extra_callbacks=[record])
+    train.main(
+        ["--task", "doom", "--out", str(tmp_path), "--batch-size", "2", "--seq-len", "5", "--epochs", "2"],
+        extra_callbacks=[record],
+    )
     assert record.steps == list(range(10))
     assert record.zero_state == [True, False, False, False, False] * 2
 
@@ -161,8 +178,25 @@ def test_dream_picture_of_a_real_episode(tmp_path):
     save_vae(build_vae(CAR, seed=0), tmp_path / "vae", CAR)
     series.main(["--task", "carracing", "--out", str(tmp_path)])
     train.main(["--task", "carracing", "--out", str(tmp_path), "--batch-size", "2", "--seq-len", "20", "--steps", "2"])
-    assert visualize.main(["--task", "carracing", "--out", str(tmp_path), "--episode", "1", "--frames", "12",
-                           "--columns", "4", "--tau", "1.15"]) == 0
+    assert (
+        visualize.main(
+            [
+                "--task",
+                "carracing",
+                "--out",
+                str(tmp_path),
+                "--episode",
+                "1",
+                "--frames",
+                "12",
+                "--columns",
+                "4",
+                "--tau",
+                "1.15",
+            ]
+        )
+        == 0
+    )
     png = Image.open(tmp_path / "rnn" / "dream_ep000001_tau1.15.png")
     assert png.size == (4 * 64 * 2, 3 * 64 * 2)
     gif = Image.open(tmp_path / "rnn" / "dream_ep000001_tau1.15.gif")

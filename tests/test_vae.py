@@ -7,8 +7,16 @@ import pytest
 from env.common.cli import UserError
 from env.tasks import get_task
 from env.wrappers import make_env
-from vae.model import (Conv2DTransposeFrom1x1, ConvVAE, build_vae, export_weights, kl_loss, load_vae,
-                       reconstruction_loss, save_vae)
+from vae.model import (
+    Conv2DTransposeFrom1x1,
+    ConvVAE,
+    build_vae,
+    export_weights,
+    kl_loss,
+    load_vae,
+    reconstruction_loss,
+    save_vae,
+)
 from vae.twin import EncoderTwin, conv2d_valid
 
 CAR = get_task("carracing")
@@ -16,11 +24,17 @@ DOOM = get_task("doom")
 
 # ORIGINAL.md §2.2: layer output shapes and parameter counts for z = 32.
 ORIGINAL_TABLE = {
-    "enc_conv1": ((31, 31, 32), 1_568), "enc_conv2": ((14, 14, 64), 32_832),
-    "enc_conv3": ((6, 6, 128), 131_200), "enc_conv4": ((2, 2, 256), 524_544),
-    "enc_fc_mu": ((32,), 32_800), "enc_fc_log_var": ((32,), 32_800), "dec_fc": ((1024,), 33_792),
-    "dec_deconv1": ((5, 5, 128), 3_276_928), "dec_deconv2": ((13, 13, 64), 204_864),
-    "dec_deconv3": ((30, 30, 32), 73_760), "dec_deconv4": ((64, 64, 3), 3_459),
+    "enc_conv1": ((31, 31, 32), 1_568),
+    "enc_conv2": ((14, 14, 64), 32_832),
+    "enc_conv3": ((6, 6, 128), 131_200),
+    "enc_conv4": ((2, 2, 256), 524_544),
+    "enc_fc_mu": ((32,), 32_800),
+    "enc_fc_log_var": ((32,), 32_800),
+    "dec_fc": ((1024,), 33_792),
+    "dec_deconv1": ((5, 5, 128), 3_276_928),
+    "dec_deconv2": ((13, 13, 64), 204_864),
+    "dec_deconv3": ((30, 30, 32), 73_760),
+    "dec_deconv4": ((64, 64, 3), 3_459),
 }
 
 
@@ -42,8 +56,9 @@ def test_layers_match_the_original_table(car_vae):
         assert found[name].count_params() == count, name
     assert found["dec_deconv4"].activation.__name__ == "sigmoid"
     assert found["dec_fc"].activation.__name__ == "linear"
-    assert all(found[f"enc_conv{i}"].padding == "valid" and found[f"enc_conv{i}"].strides == (2, 2)
-               for i in range(1, 5))
+    assert all(
+        found[f"enc_conv{i}"].padding == "valid" and found[f"enc_conv{i}"].strides == (2, 2) for i in range(1, 5)
+    )
 
 
 def test_deconv_from_1x1_equals_keras_conv2d_transpose():
@@ -105,7 +120,7 @@ def test_kl_loss_against_numpy_with_the_free_bits_floor():
     rng = np.random.default_rng(1)
     mu = rng.normal(0, [[0.3], [3.0], [1.0], [0.1]], (4, 32)).astype(np.float32)
     logvar = rng.normal(0, 0.5, (4, 32)).astype(np.float32)
-    per_sample = -0.5 * (1 + logvar - mu ** 2 - np.exp(logvar)).sum(axis=1)
+    per_sample = -0.5 * (1 + logvar - mu**2 - np.exp(logvar)).sum(axis=1)
     assert per_sample.min() < 16 < per_sample.max()  # the floor binds for some samples only
     expected = np.maximum(per_sample, 16.0).mean()
     assert float(kl_loss(mu, logvar, 16.0)) == pytest.approx(expected, rel=1e-5)
@@ -128,7 +143,7 @@ def test_conv2d_valid_against_a_direct_loop():
     assert out.shape == (2, 3, 3, 5)
     for i in range(3):
         for j in range(3):
-            patch = x[:, 2 * i:2 * i + 4, 2 * j:2 * j + 4, :]
+            patch = x[:, 2 * i : 2 * i + 4, 2 * j : 2 * j + 4, :]
             want = np.maximum(np.einsum("bhwc,hwcf->bf", patch, kernel) + bias, 0)
             np.testing.assert_allclose(out[:, i, j], want, atol=1e-5)
 
@@ -164,8 +179,9 @@ def test_twin_loads_only_its_own_tasks_weights(car_vae, tmp_path):
         EncoderTwin.load(tmp_path, CAR)
     save_vae(car_vae, tmp_path, CAR)
     frames = np.random.default_rng(8).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
-    np.testing.assert_array_equal(EncoderTwin.load(tmp_path, CAR)(frames)[0],
-                                  EncoderTwin(export_weights(car_vae))(frames)[0])
+    np.testing.assert_array_equal(
+        EncoderTwin.load(tmp_path, CAR)(frames)[0], EncoderTwin(export_weights(car_vae))(frames)[0]
+    )
     with pytest.raises(UserError, match="trained for 'carracing', not 'doom'"):
         EncoderTwin.load(tmp_path, DOOM)
     (tmp_path / "weights.npz").write_bytes(b"garbage")

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from env.common.cli import UserError
+from env.common.training import standard_callbacks
 from env.episodes import episode_path, list_episodes, read_episode, write_episode
 from env.tasks import get_task
-from env.common.training import standard_callbacks
 from tests.conftest import ROOT
 from vae import series, train
 from vae.model import load_vae
@@ -28,7 +28,7 @@ def blocky_frames(rng, length):
     frames = np.full((length, 64, 64, 3), 100, np.uint8)
     for t in range(length):
         x, y = rng.integers(0, 40, 2)
-        frames[t, y:y + 24, x:x + 24] = rng.integers(0, 256, 3)
+        frames[t, y : y + 24, x : x + 24] = rng.integers(0, 256, 3)
         frames[t, 50:, :] = (60, 180, 60)
     return frames
 
@@ -37,9 +37,15 @@ def write_record(out, episodes=3, length=24, task=CAR, seed=0):
     (out / "record").mkdir(exist_ok=True)
     rng = np.random.default_rng(seed)
     for i in range(episodes):
-        write_episode(episode_path(out / "record", i), task, blocky_frames(rng, length),
-                      rng.uniform(-1, 1, (length, task.action_dim)).astype(np.float32),
-                      rng.normal(size=length).astype(np.float32), np.arange(length) == length - 1, seed=100 + i)
+        write_episode(
+            episode_path(out / "record", i),
+            task,
+            blocky_frames(rng, length),
+            rng.uniform(-1, 1, (length, task.action_dim)).astype(np.float32),
+            rng.normal(size=length).astype(np.float32),
+            np.arange(length) == length - 1,
+            seed=100 + i,
+        )
 
 
 def log_rows(out):
@@ -73,8 +79,9 @@ def test_stage_2_writes_model_weights_logs_and_grids(trained):
     assert not (vae_dir / "checkpoint").exists()
     model = load_vae(vae_dir, CAR)
     frames = read_episode(list_episodes(trained / "record")[0])["obs"]
-    np.testing.assert_allclose(EncoderTwin.load(vae_dir, CAR)(frames)[0],
-                               np.asarray(model.encoder(frames / 255.0)[0]), atol=1e-4)
+    np.testing.assert_allclose(
+        EncoderTwin.load(vae_dir, CAR)(frames)[0], np.asarray(model.encoder(frames / 255.0)[0]), atol=1e-4
+    )
 
 
 def test_stage_2_skips_when_done_and_refuses_changed_settings(trained, capsys):
@@ -127,8 +134,9 @@ def test_stage_2_resumes_mid_epoch_from_the_last_checkpoint(tmp_path, capsys):
 def test_nan_loss_stops_with_a_clear_error(tmp_path):
     model = keras.Sequential([keras.layers.Dense(1)])
     model.compile(optimizer="adam", loss="mse")
-    callbacks = standard_callbacks(model, tmp_path, checkpoint_every=1, steps_per_epoch=10, total_steps=10,
-                                   unit="img", per_step=1, stage="stage 2")
+    callbacks = standard_callbacks(
+        model, tmp_path, checkpoint_every=1, steps_per_epoch=10, total_steps=10, unit="img", per_step=1, stage="stage 2"
+    )
     nan_stop = callbacks[0]
     nan_stop.on_train_batch_end(0, {"loss": 3.0})
     with pytest.raises(UserError, match="stage 2: the loss became nan at step 0"):
@@ -171,10 +179,17 @@ def test_stage_3_resumes_and_refuses_another_v(trained, capsys):
 
 def test_stage_3_errors_are_one_line_with_nonzero_exit(trained, tmp_path):
     write_record(tmp_path, episodes=1)
-    for out, task, message in ((tmp_path, "carracing", "no trained V (run stage 2"),
-                               (trained, "doom", "V was trained for 'carracing', not 'doom'")):
-        proc = subprocess.run([sys.executable, "-m", "vae.series", "--task", task, "--out", str(out)],
-                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+    for out, task, message in (
+        (tmp_path, "carracing", "no trained V (run stage 2"),
+        (trained, "doom", "V was trained for 'carracing', not 'doom'"),
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "vae.series", "--task", task, "--out", str(out)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert proc.returncode == 2
         assert proc.stderr.strip().splitlines() == [f"error: {proc.stderr.strip()[7:]}"]
         assert message in proc.stderr

@@ -29,7 +29,7 @@ def block_frame(height, width, crop_stop):
     """Top half of the kept rows colour A, bottom half colour B, the dropped rows pure blue."""
     frame = np.zeros((height, width, 3), np.uint8)
     frame[: crop_stop // 2] = (10, 200, 30)
-    frame[crop_stop // 2: crop_stop] = (250, 20, 100)
+    frame[crop_stop // 2 : crop_stop] = (250, 20, 100)
     frame[crop_stop:] = (0, 0, 255)
     return frame
 
@@ -116,7 +116,7 @@ def test_doom_pays_one_per_step_and_ends_on_death_or_cap():
 
     short = make_env(DOOM, max_steps=25)
     short.reset(seed=11)
-    for t in range(25):
+    for _ in range(25):
         _, _, terminated, truncated, _ = short.step(np.array([0.0], np.float32))
     short.close()
     assert truncated and not terminated

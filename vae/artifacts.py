@@ -36,6 +36,7 @@ def load_weights(vae_dir: Path, task: Task) -> dict[str, np.ndarray]:
     required = [f"{name}.{part}" for name in ENCODER_LAYERS for part in ("kernel", "bias")]
     weights = read_weights(path, task, required, "V", MADE_BY)
     if weights["enc_fc_mu.kernel"].shape[1] != task.z_size:
-        raise UserError(f"{path}: z size {weights['enc_fc_mu.kernel'].shape[1]}, expected {task.z_size} "
-                        f"for {task.name}")
+        raise UserError(
+            f"{path}: z size {weights['enc_fc_mu.kernel'].shape[1]}, expected {task.z_size} for {task.name}"
+        )
     return weights

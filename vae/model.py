@@ -8,8 +8,8 @@ summary and the parameter count (car 4,348,547; Doom 4,446,915, as the paper's t
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import keras
 import numpy as np
@@ -17,8 +17,8 @@ from keras import layers, ops
 
 from env.common.cli import UserError, run
 from env.common.files import atomic_write
-from env.tasks import FRAME_SIZE, TASKS, Task, get_task
 from env.common.training import load_model, save_model
+from env.tasks import FRAME_SIZE, TASKS, Task, get_task
 from vae.artifacts import MODEL_FILE, WEIGHTS_FILE, check_vae_dir
 
 KL_TOLERANCE = 0.5
@@ -67,8 +67,15 @@ def build_decoder(z_size: int) -> keras.Model:
     last = len(DECODER_DECONVS)
     for i, (filters, kernel) in enumerate(DECODER_DECONVS, start=1):
         deconv = Conv2DTransposeFrom1x1 if i == 1 else layers.Conv2DTranspose
-        x = deconv(filters, kernel, strides=2, padding="valid", activation="sigmoid" if i == last else "relu",
-                   dtype="float32" if i == last else None, name=f"dec_deconv{i}")(x)
+        x = deconv(
+            filters,
+            kernel,
+            strides=2,
+            padding="valid",
+            activation="sigmoid" if i == last else "relu",
+            dtype="float32" if i == last else None,
+            name=f"dec_deconv{i}",
+        )(x)
     return keras.Model(inputs, x, name="decoder")
 
 
@@ -185,8 +192,7 @@ def export_weights(model: ConvVAE) -> dict[str, np.ndarray]:
         for layer in part.layers:
             for name in ("kernel", "bias"):
                 if hasattr(layer, name):
-                    weights[f"{layer.name}.{name}"] = np.asarray(ops.convert_to_numpy(getattr(layer, name)),
-                                                                 np.float32)
+                    weights[f"{layer.name}.{name}"] = np.asarray(ops.convert_to_numpy(getattr(layer, name)), np.float32)
     return weights
 
 

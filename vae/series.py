@@ -20,17 +20,17 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from tqdm import tqdm
 
 from env.common.cli import UserError, check_stage_flags, parse_config, run
-from env.episodes import FormatError, Schema, list_episodes, read_episode, read_npz, write_npz
 from env.common.files import ensure_dir, read_json, stage_record, write_json
+from env.episodes import FormatError, Schema, list_episodes, read_episode, read_npz, write_npz
 from env.tasks import FRAME_SIZE, Task, get_task
 from vae.artifacts import check_vae_dir, fingerprint
 
@@ -54,17 +54,32 @@ class SeriesConfig:
     out: str = field(default="", metadata={"help": "run directory: reads OUT/record/ and OUT/vae/, writes OUT/series/"})
     task: str = field(default="carracing", metadata={"help": "carracing or doom"})
     batch_size: int = field(default=1000, metadata={"help": "frames per encoder call (WME car series.py: 1000)"})
-    restart_on_change: bool = field(default=False, metadata={
-        "help": "when OUT/series/ was encoded by another V, delete it and encode afresh (run.sh sets this); "
-                "by default that is refused"})
+    restart_on_change: bool = field(
+        default=False,
+        metadata={
+            "help": "when OUT/series/ was encoded by another V, delete it and encode afresh (run.sh sets this); "
+            "by default that is refused"
+        },
+    )
 
 
 def write_series(path: Path, task: Task, mu: np.ndarray, logvar: np.ndarray, episode: dict) -> None:
     """Validate and atomically write one episode's series (mu, logvar float32 [T, z] plus the episode's
     action, reward, done and seed)."""
-    write_npz(path, SERIES, {"mu": mu, "logvar": logvar, "action": episode["action"], "reward": episode["reward"],
-                             "done": episode["done"], "task": np.str_(task.name), "seed": episode["seed"]},
-              {"Z": task.z_size, "A": task.action_dim})
+    write_npz(
+        path,
+        SERIES,
+        {
+            "mu": mu,
+            "logvar": logvar,
+            "action": episode["action"],
+            "reward": episode["reward"],
+            "done": episode["done"],
+            "task": np.str_(task.name),
+            "seed": episode["seed"],
+        },
+        {"Z": task.z_size, "A": task.action_dim},
+    )
 
 
 def read_series(path: Path, task: Task, fields: Sequence[str] | None = None) -> dict[str, np.ndarray]:
@@ -89,11 +104,15 @@ def check_previous(series_dir: Path, task: Task, vae_id: str) -> None:
         return
     previous = read_json(config_path)
     if previous.get("settings", {}).get("task") != task.name:
-        raise UserError(f"{series_dir} holds {previous.get('settings', {}).get('task')!r} series, not "
-                        f"{task.name!r}; use another --out or delete {series_dir}")
+        raise UserError(
+            f"{series_dir} holds {previous.get('settings', {}).get('task')!r} series, not "
+            f"{task.name!r}; use another --out or delete {series_dir}"
+        )
     if previous.get("vae") != vae_id:
-        raise UserError(f"{series_dir} was encoded by another V than the one in {series_dir.parent / 'vae'}; "
-                        f"delete {series_dir} to re-encode")
+        raise UserError(
+            f"{series_dir} was encoded by another V than the one in {series_dir.parent / 'vae'}; "
+            f"delete {series_dir} to re-encode"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -121,17 +140,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_json(series_dir / "config.json", record)
 
     pending = [p for p in paths if not (series_dir / p.name).exists()]
-    print(f"[stage 3] {task.name}: encoding {len(paths)} episodes → {series_dir}; "
-          f"{len(paths) - len(pending)} already done", flush=True)
+    print(
+        f"[stage 3] {task.name}: encoding {len(paths)} episodes → {series_dir}; "
+        f"{len(paths) - len(pending)} already done",
+        flush=True,
+    )
     start = time.perf_counter()
     frames = encode_all(pending, task, vae_dir, series_dir, config.batch_size) if pending else 0
     elapsed = time.perf_counter() - start
     rate = frames / elapsed if elapsed > 0 else 0.0
-    write_json(series_dir / "config.json", {**record, "result": {
-        "episodes": len(paths), "new_frames": frames, "seconds": round(elapsed, 2),
-        "frames_per_second": round(rate, 1)}})
-    print(f"[stage 3] done: {len(pending)} episodes, {frames} frames in {elapsed:.1f} s ({rate:.0f} frames/s)",
-          flush=True)
+    write_json(
+        series_dir / "config.json",
+        {
+            **record,
+            "result": {
+                "episodes": len(paths),
+                "new_frames": frames,
+                "seconds": round(elapsed, 2),
+                "frames_per_second": round(rate, 1),
+            },
+        },
+    )
+    print(
+        f"[stage 3] done: {len(pending)} episodes, {frames} frames in {elapsed:.1f} s ({rate:.0f} frames/s)", flush=True
+    )
     return 0
 
 
@@ -161,7 +193,7 @@ def encode_all(paths: Sequence[Path], task: Task, vae_dir: Path, series_dir: Pat
             episode = upcoming.result()
             if i + 1 < len(paths):
                 upcoming = reader.submit(read, paths[i + 1])
-            parts = [encode(episode["obs"][s:s + batch_size]) for s in range(0, len(episode["obs"]), batch_size)]
+            parts = [encode(episode["obs"][s : s + batch_size]) for s in range(0, len(episode["obs"]), batch_size)]
             mu = np.concatenate([np.asarray(p[0]) for p in parts])
             logvar = np.concatenate([np.asarray(p[1]) for p in parts])
             if written is not None:

@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from env.common.cli import UserError, check_stage_flags, parse_config, run
-from env.episodes import frame_dataset, list_episodes, read_episode
 from env.common.files import atomic_write, ensure_dir, stage_record, write_json
-from env.common.training import (check_previous, clear_previous, fit_from, last_logged, restore,
-                          standard_callbacks)
+from env.common.training import check_previous, clear_previous, fit_from, last_logged, restore, standard_callbacks
+from env.episodes import frame_dataset, list_episodes, read_episode
 from env.tasks import Task, get_task
 from vae.artifacts import MODEL_FILE
 
@@ -40,17 +39,23 @@ class VaeTrainConfig:
     epochs: int = field(default=10, metadata={"help": "passes over the frames (WME vae_train.py: 10)"})
     batch_size: int = field(default=100, metadata={"help": "frames per update (WME: 100)"})
     learning_rate: float = field(default=1e-4, metadata={"help": "Adam learning rate, constant (WME: 1e-4)"})
-    kl_tolerance: float = field(default=0.5, metadata={
-        "help": "free bits: per-sample KL floored at this × z size (WME: 0.5)"})
-    max_frames: int = field(default=0, metadata={
-        "help": "frames per epoch; 0 = every recorded frame (as the original)"})
+    kl_tolerance: float = field(
+        default=0.5, metadata={"help": "free bits: per-sample KL floored at this × z size (WME: 0.5)"}
+    )
+    max_frames: int = field(
+        default=0, metadata={"help": "frames per epoch; 0 = every recorded frame (as the original)"}
+    )
     shuffle_buffer: int = field(default=10_000, metadata={"help": "frames in the tf.data shuffle buffer"})
     checkpoint_every: int = field(default=1000, metadata={"help": "steps between checkpoints"})
     precision: str = field(default="float32", metadata={"help": "float32 or mixed_bfloat16"})
     seed: int = field(default=0, metadata={"help": "seeds initialisation, sampling and the frame stream"})
-    restart_on_change: bool = field(default=False, metadata={
-        "help": "when OUT/vae/ was trained with other settings or data, move it to OUT/vae.previous and train "
-                "afresh (run.sh sets this); by default that is refused"})
+    restart_on_change: bool = field(
+        default=False,
+        metadata={
+            "help": "when OUT/vae/ was trained with other settings or data, move it to OUT/vae.previous and train "
+            "afresh (run.sh sets this); by default that is refused"
+        },
+    )
 
 
 def count_frames(paths: Sequence[Path], task: Task) -> int:
@@ -97,8 +102,14 @@ def recon_grid_callback(model, vae_dir: Path, preview: np.ndarray):
     return ReconGrid()
 
 
-def train(config: VaeTrainConfig, task: Task, paths: Sequence[Path], vae_dir: Path, steps_per_epoch: int,
-          extra_callbacks: Sequence = ()) -> dict:
+def train(
+    config: VaeTrainConfig,
+    task: Task,
+    paths: Sequence[Path],
+    vae_dir: Path,
+    steps_per_epoch: int,
+    extra_callbacks: Sequence = (),
+) -> dict:
     """Build or restore V and fit it on the frame stream; returns the final model, metrics and throughput."""
     import keras
 
@@ -119,9 +130,20 @@ def train(config: VaeTrainConfig, task: Task, paths: Sequence[Path], vae_dir: Pa
         return frame_dataset(paths, task, config.batch_size, seed=seed, shuffle_buffer=config.shuffle_buffer).repeat()
 
     preview = preview_frames(paths, task)
-    callbacks = [*standard_callbacks(model, vae_dir, config.checkpoint_every, steps_per_epoch, total_steps,
-                                     unit="img", per_step=config.batch_size, stage="stage 2"),
-                 recon_grid_callback(model, vae_dir, preview), *extra_callbacks]
+    callbacks = [
+        *standard_callbacks(
+            model,
+            vae_dir,
+            config.checkpoint_every,
+            steps_per_epoch,
+            total_steps,
+            unit="img",
+            per_step=config.batch_size,
+            stage="stage 2",
+        ),
+        recon_grid_callback(model, vae_dir, preview),
+        *extra_callbacks,
+    ]
     start = time.perf_counter()
     fit_from(model, frames_from, start_step, total_steps, steps_per_epoch, callbacks)
     seconds = time.perf_counter() - start
@@ -133,9 +155,13 @@ def train(config: VaeTrainConfig, task: Task, paths: Sequence[Path], vae_dir: Pa
         float_model.set_weights(model.get_weights())
         model = float_model
     write_grid(vae_dir / "recon.png", preview, reconstruct(model, preview))
-    return {"model": model, "metrics": last_logged(vae_dir / "log.csv", ("loss", "recon", "kl")),
-            "steps": int(total_steps), "seconds_this_run": round(seconds, 1),
-            "images_per_second": round(trained * config.batch_size / seconds, 1) if seconds > 0 else 0.0}
+    return {
+        "model": model,
+        "metrics": last_logged(vae_dir / "log.csv", ("loss", "recon", "kl")),
+        "steps": int(total_steps),
+        "seconds_this_run": round(seconds, 1),
+        "images_per_second": round(trained * config.batch_size / seconds, 1) if seconds > 0 else 0.0,
+    }
 
 
 def main(argv: Sequence[str] | None = None, extra_callbacks: Sequence = ()) -> int:
@@ -153,21 +179,22 @@ def main(argv: Sequence[str] | None = None, extra_callbacks: Sequence = ()) -> i
     epoch_frames = min(frames_recorded, config.max_frames) if config.max_frames else frames_recorded
     steps_per_epoch = epoch_frames // config.batch_size
     if steps_per_epoch < 1:
-        raise UserError(f"{out / 'record'} holds {frames_recorded} frames, fewer than one batch of "
-                        f"{config.batch_size}")
+        raise UserError(f"{out / 'record'} holds {frames_recorded} frames, fewer than one batch of {config.batch_size}")
     vae_dir = ensure_dir(out / "vae")
     record = stage_record(config, data={"episodes": len(paths), "frames": frames_recorded})
-    state = check_previous(vae_dir, record, RESUMABLE_SETTINGS, MODEL_FILE,
-                           restart=config.restart_on_change)
+    state = check_previous(vae_dir, record, RESUMABLE_SETTINGS, MODEL_FILE, restart=config.restart_on_change)
     if state == "done":
         print(f"[stage 2] {vae_dir} is already trained with these settings; nothing to do", flush=True)
         return 0
     if state == "new":
         clear_previous(vae_dir, extra=("recon",))
     write_json(vae_dir / "config.json", record)
-    print(f"[stage 2] {task.name}: V (z = {task.z_size}) on {frames_recorded} frames of {len(paths)} episodes; "
-          f"{config.epochs} epochs × {steps_per_epoch} steps of {config.batch_size} ({config.precision}) → "
-          f"{vae_dir}", flush=True)
+    print(
+        f"[stage 2] {task.name}: V (z = {task.z_size}) on {frames_recorded} frames of {len(paths)} episodes; "
+        f"{config.epochs} epochs × {steps_per_epoch} steps of {config.batch_size} ({config.precision}) → "
+        f"{vae_dir}",
+        flush=True,
+    )
 
     from vae.model import save_vae
 
@@ -177,8 +204,11 @@ def main(argv: Sequence[str] | None = None, extra_callbacks: Sequence = ()) -> i
     shutil.rmtree(vae_dir / "checkpoint", ignore_errors=True)
     write_json(vae_dir / "config.json", {**record, "result": result})
     metrics = result["metrics"]
-    print(f"[stage 2] done: loss {metrics.get('loss')} (recon {metrics.get('recon')}, KL {metrics.get('kl')}), "
-          f"{result['images_per_second']} images/s", flush=True)
+    print(
+        f"[stage 2] done: loss {metrics.get('loss')} (recon {metrics.get('recon')}, KL {metrics.get('kl')}), "
+        f"{result['images_per_second']} images/s",
+        flush=True,
+    )
     return 0
 
 

@@ -6,8 +6,8 @@ This module imports numpy only.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 
@@ -25,8 +25,9 @@ def conv2d_valid(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray, stride: in
     b, h, w, c = x.shape
     ho, wo = (h - k) // stride + 1, (w - k) // stride + 1
     sb, sh, sw, sc = x.strides
-    patches = np.lib.stride_tricks.as_strided(x, (b, ho, wo, k, k, c), (sb, stride * sh, stride * sw, sh, sw, sc),
-                                              writeable=False)
+    patches = np.lib.stride_tricks.as_strided(
+        x, (b, ho, wo, k, k, c), (sb, stride * sh, stride * sw, sh, sw, sc), writeable=False
+    )
     y = patches.reshape(b * ho * wo, k * k * c) @ kernel.reshape(k * k * c, -1)
     y += bias
     np.maximum(y, 0.0, out=y)
@@ -37,15 +38,22 @@ class EncoderTwin:
     """V's encoder in numpy: obs uint8 [B, 64, 64, 3] → (mu, logvar) float32 [B, z]."""
 
     def __init__(self, weights: Mapping[str, np.ndarray]):
-        self.convs = [(np.ascontiguousarray(weights[f"{name}.kernel"], np.float32),
-                       np.asarray(weights[f"{name}.bias"], np.float32)) for name in CONVS]
+        self.convs = [
+            (
+                np.ascontiguousarray(weights[f"{name}.kernel"], np.float32),
+                np.asarray(weights[f"{name}.bias"], np.float32),
+            )
+            for name in CONVS
+        ]
         kernel = np.concatenate([weights["enc_fc_mu.kernel"], weights["enc_fc_log_var.kernel"]], axis=1)
-        self.head = (np.ascontiguousarray(kernel, np.float32),
-                     np.concatenate([weights["enc_fc_mu.bias"], weights["enc_fc_log_var.bias"]]).astype(np.float32))
+        self.head = (
+            np.ascontiguousarray(kernel, np.float32),
+            np.concatenate([weights["enc_fc_mu.bias"], weights["enc_fc_log_var.bias"]]).astype(np.float32),
+        )
         self.z_size = weights["enc_fc_mu.kernel"].shape[1]
 
     @classmethod
-    def load(cls, vae_dir: Path, task: Task) -> "EncoderTwin":
+    def load(cls, vae_dir: Path, task: Task) -> EncoderTwin:
         """Read `vae_dir/weights.npz`; a UserError if it is missing, corrupt or another task's."""
         return cls(load_weights(vae_dir, task))
 
@@ -58,7 +66,7 @@ class EncoderTwin:
         for kernel, bias in self.convs:
             x = conv2d_valid(x, kernel, bias)
         out = x.reshape(len(x), -1) @ self.head[0] + self.head[1]
-        return out[:, :self.z_size], out[:, self.z_size:]
+        return out[:, : self.z_size], out[:, self.z_size :]
 
     def sample(self, obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """obs: uint8 [B, 64, 64, 3] → z = mu + exp(logvar / 2) · ε: float32 [B, z] (the original samples z)."""

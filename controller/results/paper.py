@@ -9,8 +9,13 @@ CAR_TABLE1 = {
 CAR_OTHERS = (("DQN", "343 ± 18"), ("A3C (continuous)", "591 ± 45"), ("A3C (discrete)", "652 ± 10"))
 """Table 1's other methods, for context."""
 
-DOOM_TAU = {0.10: ("2086 ± 140", "193 ± 58"), 0.50: ("2060 ± 277", "196 ± 50"), 1.00: ("1145 ± 690", "868 ± 511"),
-            1.15: ("918 ± 546", "1092 ± 556"), 1.30: ("732 ± 269", "753 ± 139")}
+DOOM_TAU = {
+    0.10: ("2086 ± 140", "193 ± 58"),
+    0.50: ("2060 ± 277", "196 ± 50"),
+    1.00: ("1145 ± 690", "868 ± 511"),
+    1.15: ("918 ± 546", "1092 ± 556"),
+    1.30: ("732 ± 269", "753 ± 139"),
+}
 """Doom τ table: τ → (score in the dream, score in the real env); the reported agent is τ = 1.15."""
 DOOM_RANDOM = "210 ± 108"
 """The paper's random policy in real Doom TakeCover."""

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import os
 import platform
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from controller.artifacts import params_sha256
 from controller.model import default_mode
@@ -29,8 +30,15 @@ from env.tasks import Task, get_task
 
 DREAM_STRIP = "dream_ep000000_tau1.00.png"
 """The strip run.sh draws in stage 7: `rnn.visualize --episode 0 --tau 1.0 --context 10`."""
-STAGE_NAMES = {1: "collect rollouts", 2: "train V", 3: "encode series", 4: "train M", 5: "train C (CMA-ES)",
-               6: "evaluate", 7: "report"}
+STAGE_NAMES = {
+    1: "collect rollouts",
+    2: "train V",
+    3: "encode series",
+    4: "train M",
+    5: "train C (CMA-ES)",
+    6: "evaluate",
+    7: "report",
+}
 
 
 @dataclass
@@ -75,10 +83,21 @@ def controllers(run_dir: Path, task: Task) -> list[dict[str, Any]]:
             result = read_optional(run_dir / "eval" / file)
             evaluations[env] = result if result and result.get("params_sha256") == sha else None
             if result and evaluations[env] is None:
-                print(f"[stage 7] {run_dir / 'eval' / file} evaluated an earlier {ctrl_dir.name}; left out "
-                      "(rerun stage 6)", flush=True)
-        found.append({"name": ctrl_dir.name, "dir": ctrl_dir, "settings": config.get("settings", {}),
-                      "history": history, "best": best, **evaluations})
+                print(
+                    f"[stage 7] {run_dir / 'eval' / file} evaluated an earlier {ctrl_dir.name}; left out "
+                    "(rerun stage 6)",
+                    flush=True,
+                )
+        found.append(
+            {
+                "name": ctrl_dir.name,
+                "dir": ctrl_dir,
+                "settings": config.get("settings", {}),
+                "history": history,
+                "best": best,
+                **evaluations,
+            }
+        )
     default = default_mode(task)
     return sorted(found, key=lambda c: (c["name"] != default, c["name"]))
 
@@ -116,8 +135,10 @@ def stage_table(run_dir: Path) -> list[str]:
         wall, cpu = sum(e["wall_seconds"] for e in mine), sum(e["cpu_seconds"] for e in mine)
         total_wall, total_cpu = total_wall + wall, total_cpu + cpu
         names = ", ".join(dict.fromkeys(e["name"] for e in mine))
-        lines.append(f"| {stage} {STAGE_NAMES.get(stage, '')} | {names} ({len(mine)} run(s)) | {wall / 60:.1f} min | "
-                     f"{cpu / 60:.1f} min |")
+        lines.append(
+            f"| {stage} {STAGE_NAMES.get(stage, '')} | {names} ({len(mine)} run(s)) | {wall / 60:.1f} min | "
+            f"{cpu / 60:.1f} min |"
+        )
     lines.append(f"| **total** | | **{total_wall / 60:.1f} min** | **{total_cpu / 60:.1f} min** |")
     lines.append("")
     lines.append("Times add up every run of a stage (a rerun that finds a stage complete costs seconds).")
@@ -127,8 +148,10 @@ def stage_table(run_dir: Path) -> list[str]:
 def controller_settings(c: dict[str, Any]) -> str:
     s = c["settings"]
     where = f"dream τ = {s.get('tau')}" if s.get("env") == "dream" else "real env"
-    return (f"{s.get('popsize')} × {s.get('num_episode')} episodes, {len(c['history'])} generations in the "
-            f"{where}, best mean at generation {c['best'].get('generation')}")
+    return (
+        f"{s.get('popsize')} × {s.get('num_episode')} episodes, {len(c['history'])} generations in the "
+        f"{where}, best mean at generation {c['best'].get('generation')}"
+    )
 
 
 def build(config: ReportConfig) -> tuple[str, Path]:
@@ -140,38 +163,52 @@ def build(config: ReportConfig) -> tuple[str, Path]:
     evaluated = [c for c in found if c["real"]]
     random = read_optional(run_dir / "eval" / "random.json")
     if random and random.get("settings", {}).get("task", task.name) != task.name:
-        raise UserError(f"{run_dir / 'eval' / 'random.json'} is a {random['settings']['task']!r} result, not {task.name!r}")
-    lines = [f"# World Models reproduction: {task.name}" + (f", preset `{config.preset}`" if config.preset else ""),
-             "",
-             f"Run `{run_dir}`; report written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on "
-             f"{os.cpu_count()} × {cpu_model()}, commit {git_commit() or 'unknown'}.",
-             ""]
+        raise UserError(
+            f"{run_dir / 'eval' / 'random.json'} is a {random['settings']['task']!r} result, not {task.name!r}"
+        )
+    lines = [
+        f"# World Models reproduction: {task.name}" + (f", preset `{config.preset}`" if config.preset else ""),
+        "",
+        f"Run `{run_dir}`; report written {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on "
+        f"{os.cpu_count()} × {cpu_model()}, commit {git_commit() or 'unknown'}.",
+        "",
+    ]
     first_eval = evaluated[0]["real"] if evaluated else random
     if first_eval:
         seeds = [e["seed"] for e in first_eval["episodes"]]
-        lines += [f"Every score is the mean ± population std over n held-out real episodes (test seeds "
-                  f"{seeds[0]}..{seeds[-1]}, never used in training or selection); the paper's are over 100.", ""]
+        lines += [
+            f"Every score is the mean ± population std over n held-out real episodes (test seeds "
+            f"{seeds[0]}..{seeds[-1]}, never used in training or selection); the paper's are over 100.",
+            "",
+        ]
 
     lines += ["## Results", ""]
     if task.name == "carracing":
-        lines += ["| controller | ours (real CarRacing-v3) | paper (CarRacing-v0, Table 1) | how it was trained |",
-                  "|---|---|---|---|"]
+        lines += [
+            "| controller | ours (real CarRacing-v3) | paper (CarRacing-v0, Table 1) | how it was trained |",
+            "|---|---|---|---|",
+        ]
         for c in found:
             paper = CAR_TABLE1.get(c["settings"].get("mode", c["name"]), ("", "—"))
             lines.append(f"| `{c['name']}` {paper[0]} | {score(c['real'])} | {paper[1]} | {controller_settings(c)} |")
         lines.append(f"| random policy (Cauchy controller, the data-collection policy) | {score(random)} | — | — |")
         lines += [""] + ["Table 1's other methods: " + ", ".join(f"{m} {s}" for m, s in CAR_OTHERS) + "."]
     else:
-        lines += ["| controller | ours, in the dream | ours, real VizDoom | paper, dream | paper, real | "
-                  "how it was trained |", "|---|---|---|---|---|---|"]
+        lines += [
+            "| controller | ours, in the dream | ours, real VizDoom | paper, dream | paper, real | "
+            "how it was trained |",
+            "|---|---|---|---|---|---|",
+        ]
         for c in found:
             tau = c["settings"].get("tau") if c["settings"].get("env") == "dream" else None
             if c["dream"] and c["dream"].get("tau") != tau:
                 c["dream"] = None
             paper = DOOM_TAU.get(round(tau, 2), ("—", "—")) if tau is not None else ("—", "—")
             label = f"`{c['name']}`" + (f" τ = {tau:g}" if tau is not None else "")
-            lines.append(f"| {label} | {score(c['dream'])} | {score(c['real'])} | {paper[0]} | {paper[1]} | "
-                         f"{controller_settings(c)} |")
+            lines.append(
+                f"| {label} | {score(c['dream'])} | {score(c['real'])} | {paper[0]} | {paper[1]} | "
+                f"{controller_settings(c)} |"
+            )
         lines.append(f"| random policy (uniform action every step) | — | {score(random)} | — | {DOOM_RANDOM} | — |")
         tau_table = run_dir / "tau_table.md"
         if tau_table.exists():
@@ -182,8 +219,10 @@ def build(config: ReportConfig) -> tuple[str, Path]:
     for c in found:
         if c["history"]:
             last = c["history"][-1]
-            lines.append(f"- `{c['name']}`: {len(c['history'])} generations, {last['seconds'] / 60:.1f} min of "
-                         f"CMA-ES wall time; last population mean {last['fitness_mean']:.1f}, σ {last['sigma']:.4f}.")
+            lines.append(
+                f"- `{c['name']}`: {len(c['history'])} generations, {last['seconds'] / 60:.1f} min of "
+                f"CMA-ES wall time; last population mean {last['fitness_mean']:.1f}, σ {last['sigma']:.4f}."
+            )
     lines.append("")
 
     lines += ["## Plots", ""]
@@ -192,13 +231,23 @@ def build(config: ReportConfig) -> tuple[str, Path]:
         hist = run_dir / "eval" / "returns.png"
         plot_returns(hist, evaluations, task)
         lines += ["Returns of the evaluation episodes:", "", f"![evaluation returns]({hist.relative_to(run_dir)})", ""]
-    pictures = [(c["dir"] / "fitness.png", f"CMA-ES fitness of `{c['name']}` (population mean, min–max, "
-                 "evaluations of the distribution mean, σ)") for c in found]
+    pictures = [
+        (
+            c["dir"] / "fitness.png",
+            f"CMA-ES fitness of `{c['name']}` (population mean, min–max, evaluations of the distribution mean, σ)",
+        )
+        for c in found
+    ]
     pictures += [(run_dir / "vae" / "recon.png", "V: real frames (top) and their reconstructions (bottom)")]
-    pictures += [(run_dir / "rnn" / DREAM_STRIP,
-                  "M: real frames (top), V's reconstructions, and M's dream at τ = 1 after 10 real frames (bottom)")]
-    pictures += [(run_dir / "eval" / f"{c['name']}.gif", f"`{c['name']}`: the first evaluation episode")
-                 for c in evaluated]
+    pictures += [
+        (
+            run_dir / "rnn" / DREAM_STRIP,
+            "M: real frames (top), V's reconstructions, and M's dream at τ = 1 after 10 real frames (bottom)",
+        )
+    ]
+    pictures += [
+        (run_dir / "eval" / f"{c['name']}.gif", f"`{c['name']}`: the first evaluation episode") for c in evaluated
+    ]
     for path, caption in pictures:
         if path.exists():
             lines += [f"{caption}:", "", f"![{caption}]({path.relative_to(run_dir)})", ""]

@@ -14,15 +14,16 @@ compute each controller took.
 from __future__ import annotations
 
 import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from controller import evaluate, train
 from controller.model import default_mode
+from controller.pool import mpi_world, release_mpi_workers, serve_mpi_sessions
 from controller.results.paper import DOOM_RANDOM as PAPER_RANDOM
 from controller.results.paper import DOOM_TAU as PAPER
-from controller.pool import mpi_world, release_mpi_workers, serve_mpi_sessions
 from env.common.cli import UserError, check_stage_flags, parse_config, run
 from env.common.files import atomic_write, read_json, write_json
 from env.tasks import get_task
@@ -36,10 +37,12 @@ class TauTableConfig:
     task: str = field(default="doom", metadata={"help": "the task; the table is the paper's for doom"})
     taus: str = field(default="0.10,0.50,1.00,1.15,1.30", metadata={"help": "comma-separated temperatures"})
     episodes: int = field(default=100, metadata={"help": "held-out episodes per score (dream and real; paper: 100)"})
-    train_flags: str = field(default="", metadata={
-        "help": "extra controller.train flags for every τ, e.g. \"--popsize 16 --generations 50\""})
-    workers: int = field(default=evaluate.EvaluateConfig.workers, metadata={
-        "help": "evaluation processes without mpirun"})
+    train_flags: str = field(
+        default="", metadata={"help": 'extra controller.train flags for every τ, e.g. "--popsize 16 --generations 50"'}
+    )
+    workers: int = field(
+        default=evaluate.EvaluateConfig.workers, metadata={"help": "evaluation processes without mpirun"}
+    )
 
 
 def score(result: dict[str, Any]) -> str:
@@ -84,29 +87,56 @@ def table(config: TauTableConfig) -> int:
             evaluate.main([*eval_flags, "--name", name, "--env", env, "--tau", str(tau)])
             results[env] = read_json(out / "eval" / file)
         steps = sum(r["length_mean"] for r in history) * settings["popsize"] * settings["num_episode"]
-        rows.append({"tau": tau, "name": name, "dream": results["dream"], "real": results["real"],
-                     "generations": len(history), "best_generation": best["generation"],
-                     "train_seconds": history[-1]["seconds"], "train_agent_steps": int(steps),
-                     "popsize": settings["popsize"], "num_episode": settings["num_episode"]})
+        rows.append(
+            {
+                "tau": tau,
+                "name": name,
+                "dream": results["dream"],
+                "real": results["real"],
+                "generations": len(history),
+                "best_generation": best["generation"],
+                "train_seconds": history[-1]["seconds"],
+                "train_agent_steps": int(steps),
+                "popsize": settings["popsize"],
+                "num_episode": settings["num_episode"],
+            }
+        )
     evaluate.main([*eval_flags, "--random", "true"])
     random = read_json(out / "eval" / "random.json")
 
-    lines = ["| τ | score in dream (ours) | score in real env (ours) | paper: dream | paper: real | generations "
-             "(best at) | training |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| τ | score in dream (ours) | score in real env (ours) | paper: dream | paper: real | generations "
+        "(best at) | training |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for row in rows:
         paper = PAPER.get(round(row["tau"], 2), ("—", "—"))
-        lines.append(f"| {row['tau']:.2f} | {score(row['dream'])} | {score(row['real'])} | {paper[0]} | {paper[1]} | "
-                     f"{row['generations']} ({row['best_generation']}) | {row['train_seconds'] / 60:.1f} min, "
-                     f"{row['train_agent_steps'] / 1e6:.1f} M dream steps, {row['popsize']} x {row['num_episode']} |")
+        lines.append(
+            f"| {row['tau']:.2f} | {score(row['dream'])} | {score(row['real'])} | {paper[0]} | {paper[1]} | "
+            f"{row['generations']} ({row['best_generation']}) | {row['train_seconds'] / 60:.1f} min, "
+            f"{row['train_agent_steps'] / 1e6:.1f} M dream steps, {row['popsize']} x {row['num_episode']} |"
+        )
     lines.append(f"| random policy | — | {score(random)} | — | {PAPER_RANDOM} | — | — |")
-    text = (f"Doom TakeCover: controllers trained in M's dream at each τ, scored on {config.episodes} held-out "
-            f"episodes (mean ± population std); paper: 100 real episodes.\n\n" + "\n".join(lines) + "\n")
+    text = (
+        f"Doom TakeCover: controllers trained in M's dream at each τ, scored on {config.episodes} held-out "
+        f"episodes (mean ± population std); paper: 100 real episodes.\n\n" + "\n".join(lines) + "\n"
+    )
     atomic_write(out / "tau_table.md", lambda f: f.write(text), mode="w")
-    write_json(out / "tau_table.json", {"rows": [{k: (v if k not in ("dream", "real") else
-                                                      {m: v[m] for m in ("mean", "std", "n")}) for k, v in r.items()}
-                                                 for r in rows],
-                                        "random": {m: random[m] for m in ("mean", "std", "n")},
-                                        "paper": {str(k): v for k, v in PAPER.items()}, "settings": vars(config)})
+    write_json(
+        out / "tau_table.json",
+        {
+            "rows": [
+                {
+                    k: (v if k not in ("dream", "real") else {m: v[m] for m in ("mean", "std", "n")})
+                    for k, v in r.items()
+                }
+                for r in rows
+            ],
+            "random": {m: random[m] for m in ("mean", "std", "n")},
+            "paper": {str(k): v for k, v in PAPER.items()},
+            "settings": vars(config),
+        },
+    )
     print(text, flush=True)
     return 0
 

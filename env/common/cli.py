@@ -7,7 +7,8 @@ import dataclasses
 import sys
 import types
 import typing
-from typing import Any, Callable, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 C = TypeVar("C")
 
@@ -49,12 +50,21 @@ def parse_config(cls: type[C], argv: Sequence[str] | None, description: str = ""
     for field in dataclasses.fields(cls):
         default = field.default
         if default is dataclasses.MISSING:
-            parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, required=True,
-                                type=_flag_type(hints[field.name]), help=field.metadata.get("help", ""))
+            parser.add_argument(
+                f"--{field.name.replace('_', '-')}",
+                dest=field.name,
+                required=True,
+                type=_flag_type(hints[field.name]),
+                help=field.metadata.get("help", ""),
+            )
             continue
-        parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, default=default,
-                            type=_flag_type(hints[field.name]),
-                            help=f"{field.metadata.get('help', '')} (default: {default})")
+        parser.add_argument(
+            f"--{field.name.replace('_', '-')}",
+            dest=field.name,
+            default=default,
+            type=_flag_type(hints[field.name]),
+            help=f"{field.metadata.get('help', '')} (default: {default})",
+        )
     return cls(**vars(parser.parse_args(argv)))
 
 

@@ -8,9 +8,10 @@ import os
 import platform
 import subprocess
 import tempfile
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from env.common.cli import UserError
 
@@ -78,10 +79,16 @@ def git_commit() -> str:
     """The project's current commit (with '+dirty' when the tree has changes), or 'unknown'."""
     root = Path(__file__).resolve().parents[2]
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return commit + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -100,5 +107,4 @@ def library_versions() -> dict[str, str]:
 
 def stage_record(config: Any, **extra: Any) -> dict[str, Any]:
     """What a stage writes to its `config.json`: the resolved settings plus versions and commit."""
-    return {"settings": dataclasses.asdict(config), "versions": library_versions(),
-            "commit": git_commit(), **extra}
+    return {"settings": dataclasses.asdict(config), "versions": library_versions(), "commit": git_commit(), **extra}

@@ -8,32 +8,55 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 from env.common.cli import UserError, run
 from env.tasks import TASKS
 
 PRESETS: dict[str, dict[str, dict[str, dict[str, object]]]] = {
     "smoke": {
-        "carracing": {"extract": {"episodes": 4, "max_steps": 150}, "vae": {"epochs": 1, "batch_size": 20},
-                      "rnn": {"steps": 4, "batch_size": 4, "seq_len": 150},
-                      "controller": {"popsize": 4, "num_episode": 1, "generations": 2, "eval_every": 2,
-                                     "eval_episodes": 2, "max_steps": 100},
-                      "evaluate": {"episodes": 4, "max_steps": 100}},
-        "doom": {"extract": {"episodes": 4, "max_steps": 300}, "vae": {"epochs": 1, "batch_size": 20},
-                 "rnn": {"epochs": 2, "batch_size": 4, "seq_len": 50},
-                 "controller": {"popsize": 4, "num_episode": 2, "generations": 2, "eval_every": 2,
-                                "eval_episodes": 4, "max_steps": 300},
-                 "evaluate": {"episodes": 4, "max_steps": 300}},
+        "carracing": {
+            "extract": {"episodes": 4, "max_steps": 150},
+            "vae": {"epochs": 1, "batch_size": 20},
+            "rnn": {"steps": 4, "batch_size": 4, "seq_len": 150},
+            "controller": {
+                "popsize": 4,
+                "num_episode": 1,
+                "generations": 2,
+                "eval_every": 2,
+                "eval_episodes": 2,
+                "max_steps": 100,
+            },
+            "evaluate": {"episodes": 4, "max_steps": 100},
+        },
+        "doom": {
+            "extract": {"episodes": 4, "max_steps": 300},
+            "vae": {"epochs": 1, "batch_size": 20},
+            "rnn": {"epochs": 2, "batch_size": 4, "seq_len": 50},
+            "controller": {
+                "popsize": 4,
+                "num_episode": 2,
+                "generations": 2,
+                "eval_every": 2,
+                "eval_episodes": 4,
+                "max_steps": 300,
+            },
+            "evaluate": {"episodes": 4, "max_steps": 300},
+        },
     },
     "small": {
-        "carracing": {"extract": {"episodes": 32}, "vae": {"epochs": 3}, "rnn": {"steps": 200, "batch_size": 25},
-                      "controller": {"popsize": 16, "num_episode": 2, "generations": 6, "eval_every": 3,
-                                     "eval_episodes": 16}},
-        "doom": {"extract": {"episodes": 400}, "vae": {"epochs": 8, "max_frames": 32000},
-                 "rnn": {"steps": 600, "batch_size": 20},
-                 "controller": {"popsize": 32, "num_episode": 8, "generations": 30, "eval_every": 10,
-                                "eval_episodes": 128}},
+        "carracing": {
+            "extract": {"episodes": 32},
+            "vae": {"epochs": 3},
+            "rnn": {"steps": 200, "batch_size": 25},
+            "controller": {"popsize": 16, "num_episode": 2, "generations": 6, "eval_every": 3, "eval_episodes": 16},
+        },
+        "doom": {
+            "extract": {"episodes": 400},
+            "vae": {"epochs": 8, "max_frames": 32000},
+            "rnn": {"steps": 600, "batch_size": 20},
+            "controller": {"popsize": 32, "num_episode": 8, "generations": 30, "eval_every": 10, "eval_episodes": 128},
+        },
     },
     "paper": {
         "carracing": {"extract": {"episodes": 10_000}},

@@ -16,9 +16,9 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Sequence
 
 from env.common.files import atomic_write, ensure_dir
 
@@ -52,8 +52,10 @@ def run_step(run_dir: Path, stage: int, name: str, command: Sequence[str]) -> in
     print(f"=== stage {stage}: {name} ===", flush=True)
     wall, cpu = time.perf_counter(), children_cpu_seconds()
     child = None
-    previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
-                signal.SIGTERM: signal.signal(signal.SIGTERM, lambda signum, frame: child and child.terminate())}
+    previous = {
+        signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        signal.SIGTERM: signal.signal(signal.SIGTERM, lambda signum, frame: child and child.terminate()),
+    }
     try:
         child = subprocess.Popen(list(command), preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         code = child.wait()
@@ -62,9 +64,18 @@ def run_step(run_dir: Path, stage: int, name: str, command: Sequence[str]) -> in
             signal.signal(s, handler)
     code = 128 - code if code < 0 else code
     wall, cpu = time.perf_counter() - wall, children_cpu_seconds() - cpu
-    append_log(run_dir, {"stage": stage, "name": name, "command": " ".join(command), "wall_seconds": round(wall, 1),
-                         "cpu_seconds": round(cpu, 1), "exit_code": code,
-                         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    append_log(
+        run_dir,
+        {
+            "stage": stage,
+            "name": name,
+            "command": " ".join(command),
+            "wall_seconds": round(wall, 1),
+            "cpu_seconds": round(cpu, 1),
+            "exit_code": code,
+            "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        },
+    )
     status = "" if code == 0 else f", FAILED with exit status {code}"
     print(f"[stage {stage}] {name}: wall time {wall:.0f} s, CPU {cpu:.0f} s{status}", flush=True)
     return code
@@ -77,10 +88,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(usage, file=sys.stderr)
         return 2
     split = args.index("--")
-    options, command = args[:split], args[split + 1:]
+    options, command = args[:split], args[split + 1 :]
     values = dict(zip(options[::2], options[1::2]))
-    if len(options) != 6 or set(values) != {"--out", "--stage", "--name"} or not command \
-            or not values["--stage"].isdigit():
+    if (
+        len(options) != 6
+        or set(values) != {"--out", "--stage", "--name"}
+        or not command
+        or not values["--stage"].isdigit()
+    ):
         print(usage, file=sys.stderr)
         return 2
     return run_step(Path(values["--out"]), int(values["--stage"]), values["--name"], command)

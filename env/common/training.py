@@ -10,8 +10,8 @@ import csv
 import math
 import shutil
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from env.common.cli import UserError
 from env.common.files import ensure_dir, read_json, set_aside
@@ -39,8 +39,9 @@ def load_model(path: Path):
         raise UserError(f"{path}: cannot be loaded ({type(err).__name__}: {str(err).splitlines()[0]})") from None
 
 
-def check_previous(stage_dir: Path, record: dict, resumable: Sequence[str], model_file: str,
-                   restart: bool = False) -> str:
+def check_previous(
+    stage_dir: Path, record: dict, resumable: Sequence[str], model_file: str, restart: bool = False
+) -> str:
     """'new', 'resume' or 'done' for a training stage's directory, comparing its `config.json` with
     `record` (settings and data); a UserError naming what changed if it was trained differently, or
     with `restart`, the directory is set aside as `<name>.previous` and the stage starts afresh ('new').
@@ -56,12 +57,13 @@ def check_previous(stage_dir: Path, record: dict, resumable: Sequence[str], mode
     if changed:
         what = ", ".join(f"{k}={old.get(k)!r} (now {new.get(k)!r})" for k in changed)
         if not restart:
-            raise UserError(f"{stage_dir} was trained with {what}; use another --out, --restart-on-change true, "
-                            f"or delete {stage_dir}")
+            raise UserError(
+                f"{stage_dir} was trained with {what}; use another --out, --restart-on-change true, "
+                f"or delete {stage_dir}"
+            )
         previous = set_aside(stage_dir)
         ensure_dir(stage_dir)
-        print(f"{stage_dir} starts afresh: it was trained with {what}; the previous one is now {previous}",
-              flush=True)
+        print(f"{stage_dir} starts afresh: it was trained with {what}; the previous one is now {previous}", flush=True)
         return "new"
     return "done" if "result" in previous and (stage_dir / model_file).exists() else "resume"
 
@@ -85,8 +87,9 @@ def restore(model, stage_dir: Path, stage: str) -> int:
         try:
             model.load_weights(checkpoint)
         except Exception as err:
-            raise UserError(f"{checkpoint}: cannot be restored ({type(err).__name__}); delete it to restart "
-                            f"{stage} from scratch") from None
+            raise UserError(
+                f"{checkpoint}: cannot be restored ({type(err).__name__}); delete it to restart {stage} from scratch"
+            ) from None
     return int(model.optimizer.iterations)
 
 
@@ -100,8 +103,16 @@ def last_logged(csv_path: Path, keys: Sequence[str]) -> dict[str, float]:
     return {k: round(float(rows[-1][k]), 5) for k in keys if k in rows[-1]} if rows else {}
 
 
-def standard_callbacks(model, stage_dir: Path, checkpoint_every: int, steps_per_epoch: int, total_steps: int,
-                       unit: str, per_step: int, stage: str) -> list:
+def standard_callbacks(
+    model,
+    stage_dir: Path,
+    checkpoint_every: int,
+    steps_per_epoch: int,
+    total_steps: int,
+    unit: str,
+    per_step: int,
+    stage: str,
+) -> list:
     """NaN stop, atomic checkpoint, CSV and TensorBoard logs, and a progress bar per epoch showing the
     metrics and `unit`/s (each step handles `per_step` units)."""
     import keras
@@ -114,8 +125,10 @@ def standard_callbacks(model, stage_dir: Path, checkpoint_every: int, steps_per_
             loss = float((logs or {}).get("loss", 0.0))
             if not math.isfinite(loss):
                 step = int(model.optimizer.iterations)
-                raise UserError(f"{stage}: the loss became {loss} at step {step}; the last checkpoint is kept in "
-                                f"{stage_dir / 'checkpoint'} (try a lower --learning-rate)")
+                raise UserError(
+                    f"{stage}: the loss became {loss} at step {step}; the last checkpoint is kept in "
+                    f"{stage_dir / 'checkpoint'} (try a lower --learning-rate)"
+                )
 
     class Checkpoint(keras.callbacks.Callback):
         """Model and optimizer state, every `checkpoint_every` steps and at each epoch end, written atomically."""
@@ -140,8 +153,14 @@ def standard_callbacks(model, stage_dir: Path, checkpoint_every: int, steps_per_
             step = int(model.optimizer.iterations)
             size = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)
             epochs = math.ceil(total_steps / steps_per_epoch)
-            self.bar = tqdm(total=size, initial=step - epoch * steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}",
-                            unit="step", dynamic_ncols=True, mininterval=2.0)
+            self.bar = tqdm(
+                total=size,
+                initial=step - epoch * steps_per_epoch,
+                desc=f"epoch {epoch + 1}/{epochs}",
+                unit="step",
+                dynamic_ncols=True,
+                mininterval=2.0,
+            )
             self.start, self.steps = None, 0
 
         def on_train_batch_end(self, batch, logs=None):
@@ -157,14 +176,23 @@ def standard_callbacks(model, stage_dir: Path, checkpoint_every: int, steps_per_
         def on_epoch_end(self, epoch, logs=None):
             self.bar.close()
 
-    return [StopOnNaN(), Checkpoint(),
-            keras.callbacks.CSVLogger(str(stage_dir / "log.csv"), append=True),
-            keras.callbacks.TensorBoard(str(stage_dir / "tensorboard"), write_graph=False, update_freq=100),
-            Progress()]
+    return [
+        StopOnNaN(),
+        Checkpoint(),
+        keras.callbacks.CSVLogger(str(stage_dir / "log.csv"), append=True),
+        keras.callbacks.TensorBoard(str(stage_dir / "tensorboard"), write_graph=False, update_freq=100),
+        Progress(),
+    ]
 
 
-def fit_from(model, make_data: Callable[[int], object], start_step: int, total_steps: int, steps_per_epoch: int,
-             callbacks: Sequence) -> None:
+def fit_from(
+    model,
+    make_data: Callable[[int], object],
+    start_step: int,
+    total_steps: int,
+    steps_per_epoch: int,
+    callbacks: Sequence,
+) -> None:
     """Train from `start_step` to `total_steps` with `fit()`. `make_data(step)` returns the data stream
     beginning at global step `step`. Keras epochs are blocks of `steps_per_epoch` steps; an interrupted
     epoch is finished with its remaining steps, and a last partial epoch is run as such."""
@@ -174,11 +202,25 @@ def fit_from(model, make_data: Callable[[int], object], start_step: int, total_s
         if done == 0:
             full = (total_steps - step) // steps_per_epoch
             if full:
-                model.fit(make_data(step), epochs=epoch + full, initial_epoch=epoch, steps_per_epoch=steps_per_epoch,
-                          callbacks=callbacks, shuffle=False, verbose=0)
+                model.fit(
+                    make_data(step),
+                    epochs=epoch + full,
+                    initial_epoch=epoch,
+                    steps_per_epoch=steps_per_epoch,
+                    callbacks=callbacks,
+                    shuffle=False,
+                    verbose=0,
+                )
                 step += full * steps_per_epoch
                 continue
         steps = min(steps_per_epoch - done, total_steps - step)
-        model.fit(make_data(step), epochs=epoch + 1, initial_epoch=epoch, steps_per_epoch=steps,
-                  callbacks=callbacks, shuffle=False, verbose=0)
+        model.fit(
+            make_data(step),
+            epochs=epoch + 1,
+            initial_epoch=epoch,
+            steps_per_epoch=steps,
+            callbacks=callbacks,
+            shuffle=False,
+            verbose=0,
+        )
         step += steps

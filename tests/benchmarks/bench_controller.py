@@ -23,9 +23,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-import controller  # noqa: E402,F401  (single-threaded BLAS, as in rollout workers, before numpy loads)
 import numpy as np  # noqa: E402
 
+import controller  # noqa: E402,F401  (single-threaded BLAS, as in rollout workers, before numpy loads)
 from controller.agent import Agent, play_episode  # noqa: E402
 from controller.model import controller_shape  # noqa: E402
 from env.tasks import get_task  # noqa: E402
@@ -84,12 +84,14 @@ class Replay:
 
 def make_models(out: Path, task) -> None:
     """Untrained V and M of `task`, exported as stages 2 and 4 export them (in a subprocess: no TF here)."""
-    code = ("import sys; from pathlib import Path; from env.tasks import get_task; "
-            "from vae.model import build_vae, save_vae; from rnn.model import build_rnn, save_rnn; "
-            "out, task = Path(sys.argv[1]), get_task(sys.argv[2]); "
-            "[(out / d).mkdir(parents=True, exist_ok=True) for d in ('vae', 'rnn')]; "
-            "save_vae(build_vae(task, seed=0), out / 'vae', task); save_rnn(build_rnn(task, seed=0), out / 'rnn', task); "
-            "[(out / d / 'config.json').write_text('{\"settings\": {\"task\": \"%s\"}}' % task.name) for d in ('vae', 'rnn')]")
+    code = (
+        "import sys; from pathlib import Path; from env.tasks import get_task; "
+        "from vae.model import build_vae, save_vae; from rnn.model import build_rnn, save_rnn; "
+        "out, task = Path(sys.argv[1]), get_task(sys.argv[2]); "
+        "[(out / d).mkdir(parents=True, exist_ok=True) for d in ('vae', 'rnn')]; "
+        "save_vae(build_vae(task, seed=0), out / 'vae', task); save_rnn(build_rnn(task, seed=0), out / 'rnn', task); "
+        "[(out / d / 'config.json').write_text('{\"settings\": {\"task\": \"%s\"}}' % task.name) for d in ('vae', 'rnn')]"
+    )
     subprocess.run([sys.executable, "-c", code, str(out), task.name], cwd=ROOT, check=True, capture_output=True)
 
 
@@ -149,19 +151,48 @@ def generation_seconds(run_dir: Path, ranks: int) -> tuple[float, float]:
     """Stage 5 under `mpirun -np ranks` → (median seconds per generation without evaluation, workers' peak RSS MB)."""
     name = f"np{ranks}"
     mpirun = Path(sys.executable).parent / "mpirun"
-    subprocess.run([str(mpirun), "-np", str(ranks), sys.executable, "-m", "controller.train", "--task", "carracing",
-                    "--out", str(run_dir), "--name", name, "--popsize", "8", "--num-episode", "1",
-                    "--max-steps", str(GEN_STEPS), "--generations", str(GENERATIONS),
-                    "--eval-every", str(GENERATIONS), "--eval-episodes", "1"],
-                   cwd=ROOT, check=True, capture_output=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    subprocess.run(
+        [
+            str(mpirun),
+            "-np",
+            str(ranks),
+            sys.executable,
+            "-m",
+            "controller.train",
+            "--task",
+            "carracing",
+            "--out",
+            str(run_dir),
+            "--name",
+            name,
+            "--popsize",
+            "8",
+            "--num-episode",
+            "1",
+            "--max-steps",
+            str(GEN_STEPS),
+            "--generations",
+            str(GENERATIONS),
+            "--eval-every",
+            str(GENERATIONS),
+            "--eval-episodes",
+            "1",
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     rows = json.loads((run_dir / "controller" / name / "history.json").read_text())
     seconds = np.diff([0.0] + [row["seconds"] for row in rows])[:-1]
     return float(np.median(seconds)), max(row["worker_peak_rss_mb"] for row in rows)
 
 
 def main() -> None:
-    print(f"# controller benchmark ({platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-          f"{', quick' if QUICK else ''})")
+    print(
+        f"# controller benchmark ({platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+        f"{', quick' if QUICK else ''})"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         rows = []
         for name, max_steps in (("carracing", CAR_STEPS), ("doom", 2100)):
@@ -177,14 +208,18 @@ def main() -> None:
         one, rss_one = generation_seconds(run_dir, 2)
         two, rss_two = generation_seconds(run_dir, 3)
         alone, pair = two_process_scaling(CAR_STEPS)
-        print(f"\nCarRacing generation, population 8 x 1 episode of {GEN_STEPS} steps (median of "
-              f"{GENERATIONS - 1} generations):")
+        print(
+            f"\nCarRacing generation, population 8 x 1 episode of {GEN_STEPS} steps (median of "
+            f"{GENERATIONS - 1} generations):"
+        )
         print("| rollout workers | s / generation | speedup | worker peak RSS MB |")
         print("|---|---|---|---|")
         print(f"| 1 (mpirun -np 2) | {one:.1f} | 1.00 | {rss_one:.0f} |")
         print(f"| 2 (mpirun -np 3) | {two:.1f} | {one / two:.2f} | {rss_two:.0f} |")
-        print(f"\nReference, the bare car env: 1 process {alone:.0f} steps/s, 2 processes at once {pair:.0f} "
-              f"steps/s in total ({pair / alone:.2f}x): the most 2 workers can gain on this machine.")
+        print(
+            f"\nReference, the bare car env: 1 process {alone:.0f} steps/s, 2 processes at once {pair:.0f} "
+            f"steps/s in total ({pair / alone:.2f}x): the most 2 workers can gain on this machine."
+        )
 
 
 if __name__ == "__main__":

@@ -35,8 +35,20 @@ EPISODES = {"carracing": 2 if QUICK else 6, "doom": 10 if QUICK else 60}
 def collect(task_name: str, workers: int, out: str) -> float:
     """Run stage 1 into `out`; returns frames/s over its whole wall time (start-up included)."""
     start = time.perf_counter()
-    extract.main(["--task", task_name, "--episodes", str(EPISODES[task_name] * workers), "--workers",
-                  str(workers), "--seed", str(workers), "--out", out])
+    extract.main(
+        [
+            "--task",
+            task_name,
+            "--episodes",
+            str(EPISODES[task_name] * workers),
+            "--workers",
+            str(workers),
+            "--seed",
+            str(workers),
+            "--out",
+            out,
+        ]
+    )
     elapsed = time.perf_counter() - start
     frames = sum(len(read_episode(p, fields=("reward",))["reward"]) for p in list_episodes(Path(out, "record")))
     return frames / elapsed
@@ -62,7 +74,7 @@ def bare_replay(task_name: str, record: Path) -> float:
             for b in buttons:
                 game.make_action(b, 1)
                 if not game.is_episode_finished():
-                    game.get_state().screen_buffer
+                    _ = game.get_state().screen_buffer
         elapsed += time.perf_counter() - start
         steps += len(ep["action"])
     env.close()
@@ -97,8 +109,15 @@ def doom_time_split(episodes: int) -> dict[str, float]:
                 t += 1
             frames += t
             t0 = time.perf_counter()
-            write_episode(Path(tmp, f"{i}.npz"), task, np.stack(obs_list), np.zeros((t, 1), np.float32),
-                          np.ones(t, np.float32), np.zeros(t, bool), i)
+            write_episode(
+                Path(tmp, f"{i}.npz"),
+                task,
+                np.stack(obs_list),
+                np.zeros((t, 1), np.float32),
+                np.ones(t, np.float32),
+                np.zeros(t, bool),
+                i,
+            )
             parts["compress + write"] += time.perf_counter() - t0
     env.close()
     return {k: v / frames for k, v in parts.items()}
@@ -113,15 +132,18 @@ def main() -> None:
             bare = bare_replay(task_name, Path(one, "record"))
         rows.append((task_name, bare, c1, c2))
     split = doom_time_split(5 if QUICK else 20)
-    print(f"\n# stage 1 benchmark — {os.cpu_count()} cores, {platform.machine()}"
-          f"{' (quick)' if QUICK else ''}; episodes per worker: "
-          + ", ".join(f"{k} {v}" for k, v in EPISODES.items()))
+    print(
+        f"\n# stage 1 benchmark — {os.cpu_count()} cores, {platform.machine()}"
+        f"{' (quick)' if QUICK else ''}; episodes per worker: " + ", ".join(f"{k} {v}" for k, v in EPISODES.items())
+    )
     print(f"{'task':<10} {'bare env':>10} {'collect 1 w':>12} {'ratio':>6} {'collect 2 w':>12} {'ratio':>6}")
     for task_name, bare, c1, c2 in rows:
         print(f"{task_name:<10} {bare:>8.0f}/s {c1:>10.0f}/s {c1 / bare:>6.2f} {c2:>10.0f}/s {c2 / (2 * bare):>6.2f}")
     total = sum(split.values())
-    print("doom collection, time per frame in one process: " + ", ".join(
-        f"{k} {v * 1e6:.0f} µs ({v / total:.0%})" for k, v in split.items()))
+    print(
+        "doom collection, time per frame in one process: "
+        + ", ".join(f"{k} {v * 1e6:.0f} µs ({v / total:.0%})" for k, v in split.items())
+    )
     print("ratio = collection frames/s ÷ (workers × bare steps/s); collection wall time includes start-up")
 
 

@@ -33,10 +33,19 @@ def fake_series(out: Path, task, episodes: int, length: int) -> None:
     rng = np.random.default_rng(0)
     out.mkdir(parents=True, exist_ok=True)
     for i in range(episodes):
-        episode = {"action": rng.uniform(-1, 1, (length, task.action_dim)).astype(np.float32),
-                   "reward": np.ones(length, np.float32), "done": np.zeros(length, bool), "seed": np.int64(i)}
-        write_series(out / f"ep_{i:06d}.npz", task, rng.normal(size=(length, task.z_size)).astype(np.float32),
-                     np.full((length, task.z_size), -3.0, np.float32), episode)
+        episode = {
+            "action": rng.uniform(-1, 1, (length, task.action_dim)).astype(np.float32),
+            "reward": np.ones(length, np.float32),
+            "done": np.zeros(length, bool),
+            "seed": np.int64(i),
+        }
+        write_series(
+            out / f"ep_{i:06d}.npz",
+            task,
+            rng.normal(size=(length, task.z_size)).astype(np.float32),
+            np.full((length, task.z_size), -3.0, np.float32),
+            episode,
+        )
 
 
 def rates(task, series_dir: Path) -> tuple[float, float]:
@@ -52,8 +61,7 @@ def rates(task, series_dir: Path) -> tuple[float, float]:
     streams = task.rnn_batching == "streams"
     batches = (StreamBatches if streams else EpisodeBatches)(series, BATCH, task.rnn_seq_len, 0)
     model = build_rnn(task, batch_size=BATCH, stateful=streams, seed=0)
-    model.compile(optimizer=keras.optimizers.Adam(DecayToFloor(1e-3, task.rnn_lr_decay), epsilon=1e-8,
-                                                  clipvalue=1.0))
+    model.compile(optimizer=keras.optimizers.Adam(DecayToFloor(1e-3, task.rnn_lr_decay), epsilon=1e-8, clipvalue=1.0))
     batch = {k: tf.constant(v) for k, v in batches(0).items()}
     step = tf.function(model.train_step)
     for _ in range(2):
@@ -66,8 +74,10 @@ def rates(task, series_dir: Path) -> tuple[float, float]:
 
     from bench_vae import timed_fit
 
-    fitted = timed_fit(model, step_dataset(batches, 0, 2 + STEPS, task, BATCH, task.rnn_seq_len), warmup=2,
-                       steps=STEPS) * BATCH
+    fitted = (
+        timed_fit(model, step_dataset(batches, 0, 2 + STEPS, task, BATCH, task.rnn_seq_len), warmup=2, steps=STEPS)
+        * BATCH
+    )
     return plain, fitted
 
 
@@ -78,8 +88,10 @@ def main() -> None:
             task = get_task(name)
             fake_series(Path(tmp, name), task, episodes, length)
             results[name] = rates(task, Path(tmp, name))
-    print(f"\nM benchmark — {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-          f"{' (quick)' if QUICK else ''}; batch {BATCH}, {STEPS} timed steps")
+    print(
+        f"\nM benchmark — {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+        f"{' (quick)' if QUICK else ''}; batch {BATCH}, {STEPS} timed steps"
+    )
     print(f"{'training':<40}{'plain loop seq/s':>18}{'fit() stream seq/s':>20}{'fit/plain':>11}")
     labels = {"carracing": "CarRacing: LSTM 256, 999 steps", "doom": "Doom: LSTM 512, 499 steps, streams"}
     for name, (plain, fitted) in results.items():

@@ -50,10 +50,16 @@ def synthetic_record(out: Path, episodes: int, seed: int = 0) -> None:
         frames[:, :, 20:44] = (102, 102, 102)
         for t in range(EPISODE_LENGTH):
             x, y = rng.integers(0, 48, 2)
-            frames[t, y:y + 16, x:x + 16] = rng.integers(0, 256, 3)
-        write_episode(episode_path(out / "record", i), TASK, frames,
-                      rng.uniform(-1, 1, (EPISODE_LENGTH, 3)).astype(np.float32),
-                      np.zeros(EPISODE_LENGTH, np.float32), np.zeros(EPISODE_LENGTH, bool), seed=i)
+            frames[t, y : y + 16, x : x + 16] = rng.integers(0, 256, 3)
+        write_episode(
+            episode_path(out / "record", i),
+            TASK,
+            frames,
+            rng.uniform(-1, 1, (EPISODE_LENGTH, 3)).astype(np.float32),
+            np.zeros(EPISODE_LENGTH, np.float32),
+            np.zeros(EPISODE_LENGTH, bool),
+            seed=i,
+        )
 
 
 def training_rates(record: Path, precision: str) -> tuple[float, float]:
@@ -102,10 +108,12 @@ def timed_fit(model, data, warmup: int, steps: int) -> float:
 def stage_peak_rss(out: Path, epochs: int) -> tuple[float, float]:
     """Run stage 2 in a fresh process; returns (peak RSS in MB, images/s it reported)."""
     frames = "3000" if QUICK else "0"
-    code = ("import resource; from vae import train; "
-            f"train.main(['--task', 'carracing', '--out', {str(out)!r}, '--epochs', '{epochs}', "
-            f"'--max-frames', {frames!r}]); "
-            "print('RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+    code = (
+        "import resource; from vae import train; "
+        f"train.main(['--task', 'carracing', '--out', {str(out)!r}, '--epochs', '{epochs}', "
+        f"'--max-frames', {frames!r}]); "
+        "print('RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     rss = float(proc.stdout.strip().splitlines()[-1].split()[1])
     import json
@@ -155,8 +163,10 @@ def main() -> None:
         rates = {p: training_rates(small / "record", p) for p in ("float32", "mixed_bfloat16")}
         latency = encoder_latencies(small / "record")
 
-    print(f"\nV benchmark — {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-          f"{' (quick)' if QUICK else ''}; batch {BATCH}; timed steps {STEPS}")
+    print(
+        f"\nV benchmark — {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+        f"{' (quick)' if QUICK else ''}; batch {BATCH}; timed steps {STEPS}"
+    )
     print(f"{'training':<34}{'plain loop img/s':>18}{'fit() stream img/s':>20}{'fit/plain':>11}")
     for precision, (plain, fitted) in rates.items():
         print(f"{precision:<34}{plain:>18.0f}{fitted:>20.0f}{fitted / plain:>11.2f}")
