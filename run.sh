@@ -4,6 +4,7 @@
 #   ./run.sh [carracing|doom] [--preset smoke|small|paper] [--np N] [--out DIR]   run the pipeline
 #   ./run.sh test [pytest args]                                                   run the test suite
 #   ./run.sh bench                                                                print benchmarks
+#   ./run.sh lint                                                                 ruff: lint and format check
 #
 # The first call creates .venv from requirements.txt; a changed requirements.txt re-syncs it.
 set -euo pipefail
@@ -42,6 +43,11 @@ case "${1:-}" in
         shift
         ensure_venv
         exec "$PY" -m pytest tests "$@"
+        ;;
+    lint)
+        shift
+        ensure_venv
+        "$VENV/bin/ruff" check . && exec "$VENV/bin/ruff" format --check .
         ;;
     bench)
         shift
