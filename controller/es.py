@@ -40,21 +40,16 @@ class Randn:
 
 
 class CMAES:
-    """ask/tell CMA-ES maximising reward: x0 = 0, σ0 = `sigma_init`, `popsize` candidates per generation."""
+    """ask/tell CMA-ES maximising reward: x0 = 0, σ0 = `sigma_init`, `popsize` candidates per generation.
+    The original's values are stage 5's defaults (controller.train.TrainConfig)."""
 
-    def __init__(
-        self, n_params: int, sigma_init: float = 0.1, popsize: int = 64, weight_decay: float = 0.01, seed: int = 0
-    ):
+    def __init__(self, n_params: int, *, sigma_init: float, popsize: int, weight_decay: float, seed: int):
         self.n_params = n_params
         self.weight_decay = weight_decay
         self.es = cma.CMAEvolutionStrategy(
             np.zeros(n_params), sigma_init, {"popsize": popsize, "seed": np.nan, "randn": Randn(seed), "verbose": -9}
         )
         self.solutions: np.ndarray | None = None
-
-    @property
-    def popsize(self) -> int:
-        return self.es.popsize
 
     def ask(self) -> np.ndarray:
         """The generation's candidates: float64 [popsize, n_params]."""

@@ -14,8 +14,6 @@ std (as the original's model.py), n, the params file, settings and git commit; p
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -30,11 +28,13 @@ from controller.es import TEST_RANGE, heldout_seeds
 from controller.model import controller_shape, default_mode
 from controller.pool import PoolScope, ProcessPool, SerialPool, mpi_world, serve_mpi
 from controller.rollouts import Job, RolloutSpec
-from controller.train import check_dream, model_fingerprints
+from controller.train import check_dream, fill_failed, model_fingerprints
 from env.common.cli import UserError, check_stage_flags, parse_config, run
 from env.common.files import atomic_write, ensure_dir, stage_record, write_json
+from env.common.rundir import COMPLETE, open_output
 from env.tasks import Task, get_task
 from env.wrappers import make_env
+from rnn.dream import TAU
 
 GIF_FRAMES = 500
 """A recorded episode keeps at most about this many frames (every k-th frame of longer episodes)."""
@@ -75,7 +75,7 @@ class EvaluateConfig:
     env: str = field(
         default="real", metadata={"help": "'real' env, or M's 'dream' (Doom; written as eval/NAME_dream.json)"}
     )
-    tau: float = field(default=1.15, metadata={"help": "the dream's temperature with --env dream"})
+    tau: float = field(default=TAU, metadata={"help": "the dream's temperature with --env dream"})
     force: bool = field(
         default=False,
         metadata={
@@ -84,24 +84,8 @@ class EvaluateConfig:
     )
 
 
-SETTINGS_THAT_DO_NOT_CHANGE_RESULTS = ("workers", "force", "gif", "out")
+RESUMABLE_SETTINGS = ("workers", "force", "gif")
 """Episodes are pure functions of their seeds, so a result does not depend on these."""
-
-
-def up_to_date(path: Path, config: EvaluateConfig, loaded: dict) -> bool:
-    """True when `path` already holds the result of the same controller (or baseline) under the same settings."""
-    if config.force or not path.exists():
-        return False
-    try:
-        previous = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return False
-    ignored = SETTINGS_THAT_DO_NOT_CHANGE_RESULTS + (("tau",) if config.env == "real" else ())
-    now = {k: v for k, v in dataclasses.asdict(config).items() if k not in ignored}
-    before = {k: v for k, v in previous.get("settings", {}).items() if k not in ignored}
-    if config.gif and not ("gif" in previous and Path(previous["gif"]["file"]).exists()):
-        return False
-    return before == now and all(previous.get(k) == v for k, v in loaded.items())
 
 
 def write_gif(path: Path, frames: list[np.ndarray], fps: int = 25) -> int:
@@ -199,10 +183,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         task, spec, params, loaded = resolve(config)
         eval_dir = ensure_dir(Path(config.out) / "eval")
         result_name = config.name + ("_dream" if config.env == "dream" else "")
-        if up_to_date(eval_dir / f"{result_name}.json", config, loaded):
+        result_path = eval_dir / f"{result_name}.json"
+        gif_path = eval_dir / f"{config.name}.gif"
+        state = open_output(
+            result_path,
+            stage_record(config, inputs=loaded),
+            stage="stage 6",
+            restart=True,
+            force=config.force,
+            resumable=RESUMABLE_SETTINGS + (("tau",) if config.env == "real" else ()),
+            complete=lambda previous: "mean" in previous and (not config.gif or gif_path.exists()),
+            record_file=result_path,
+        )
+        if state == COMPLETE:
             print(
-                f"[stage 6] {eval_dir / (result_name + '.json')} already holds this evaluation; nothing to do "
-                "(--force true plays it again)",
+                f"[stage 6] {result_path} already holds this evaluation; nothing to do (--force true plays it again)",
                 flush=True,
             )
             return 0
@@ -224,11 +219,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         seconds = time.perf_counter() - start
         returns = np.concatenate([r.returns[0] for r in results])
         lengths = np.concatenate([r.lengths[0] for r in results])
-        failures = [line for r in results for line in r.failures]
-        done = ~np.isnan(returns)
-        if not done.any():
-            raise RuntimeError("every evaluation episode failed; see the warnings above")
-        mean, std, n = float(returns[done].mean()), float(returns[done].std()), int(done.sum())
+        failed = np.isnan(returns)
+        returns, _ = fill_failed(returns)
+        mean, std, n = float(returns.mean()), float(returns.std()), len(returns)
         summary = {
             "task": task.name,
             "name": config.name,
@@ -236,23 +229,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             "n": n,
             "mean": mean,
             "std": std,
-            "failed_episodes": len(failures),
+            "failed_episodes": int(failed.sum()),
             "seconds": round(seconds, 1),
             "episodes": [
-                {"seed": int(s), "return": None if np.isnan(r) else float(r), "length": int(n_)}
-                for s, r, n_ in zip(seeds, returns, lengths)
+                {"seed": int(s), "return": float(r), "length": int(n_), **({"failed": True} if f else {})}
+                for s, r, n_, f in zip(seeds, returns, lengths, failed)
             ],
         }
         if config.gif:
-            gif_path = eval_dir / f"{config.name}.gif"
             total, steps = record_episode(spec, params, int(seeds[0]), gif_path)
             summary["gif"] = {"file": str(gif_path), "seed": int(seeds[0]), "return": total, "length": steps}
-        write_json(eval_dir / f"{result_name}.json", {**stage_record(config), **summary})
-        failed = f", {len(failures)} failed episodes left out" if failures else ""
+        write_json(result_path, {**stage_record(config, inputs=loaded), **summary})
+        failures = (
+            f", {summary['failed_episodes']} episodes crashed twice and count at the worst return"
+            if failed.any()
+            else ""
+        )
         where = f" in the dream (τ = {config.tau:g})" if config.env == "dream" else ""
         print(
-            f"[stage 6] {task.name} {config.name}{where}: {mean:.1f} ± {std:.1f} (n={n}){failed}; "
-            f"{seconds:.0f} s → {eval_dir / (result_name + '.json')}",
+            f"[stage 6] {task.name} {config.name}{where}: {mean:.1f} ± {std:.1f} (n={n}){failures}; "
+            f"{seconds:.0f} s → {result_path}",
             flush=True,
         )
         return 0

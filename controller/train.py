@@ -31,18 +31,20 @@ from controller.model import ControllerShape, controller_shape
 from controller.pool import PoolScope, SerialPool, mpi_world, serve_mpi
 from controller.rollouts import Job, JobResult, RolloutSpec
 from env.common.cli import UserError, check_stage_flags, parse_config, run
-from env.common.files import atomic_write, ensure_dir, set_aside, stage_record, write_json
+from env.common.files import atomic_write, stage_record, write_json
+from env.common.rundir import NEW, RECORD, open_output
 from env.tasks import Task, get_task
 from rnn.artifacts import fingerprint as rnn_fingerprint
 from rnn.artifacts import load_weights as load_rnn_weights
+from rnn.dream import TAU
 from vae.artifacts import fingerprint as vae_fingerprint
 from vae.artifacts import load_weights as load_vae_weights
 
 CHECKPOINT = "checkpoint.pkl"
 CHECKPOINT_FORMAT = 1
 PLOT_EVERY_SECONDS = 30.0
-RESUMABLE_CHANGES = ("generations", "restart_on_change", "out")
-"""Settings a rerun may change and still continue the same search."""
+RESUMABLE_SETTINGS = ("generations",)
+"""Settings a rerun may change and still continue the same search (raising --generations continues it)."""
 
 
 @dataclass
@@ -81,7 +83,7 @@ class TrainConfig:
             "help": "where C trains: 'real' env or M's 'dream'; '' = the task's (car real, Doom dream, as the original)"
         },
     )
-    tau: float = field(default=1.15, metadata={"help": "the dream's temperature (the paper's Doom agent: 1.15)"})
+    tau: float = field(default=TAU, metadata={"help": "the dream's temperature (the paper's Doom agent: 1.15)"})
     eval_env: str = field(
         default="",
         metadata={
@@ -110,7 +112,7 @@ def fill_failed(returns: np.ndarray) -> tuple[np.ndarray, int]:
     """Episodes scored NaN (failed twice) get the worst completed return of the batch → (returns, failures)."""
     failed = np.isnan(returns)
     if failed.all():
-        raise RuntimeError("every episode of the generation failed; see the warnings above")
+        raise RuntimeError("every episode failed; see the warnings above")
     if failed.any():
         returns = np.where(failed, np.nanmin(returns), returns)
     return returns, int(failed.sum())
@@ -203,29 +205,6 @@ def save_checkpoint(path: Path, state: SearchState) -> None:
     atomic_write(
         path, lambda f: pickle.dump({"format": CHECKPOINT_FORMAT, "state": state}, f, protocol=pickle.HIGHEST_PROTOCOL)
     )
-
-
-def resume_conflict(state: SearchState, config: TrainConfig, models: dict[str, str]) -> str:
-    """Why the checkpointed search cannot continue under `config` and these V/M; '' when it can."""
-    now = dataclasses.asdict(config)
-    changed = [k for k in now if k not in RESUMABLE_CHANGES and state.settings.get(k) != now[k]]
-    if changed:
-        return "it was run with " + ", ".join(
-            f"--{k.replace('_', '-')}={state.settings.get(k)!r} (now {now[k]!r})" for k in changed
-        )
-    if state.models != models:
-        return f"it was trained with another V or M than {config.out}/vae, rnn now hold"
-    return ""
-
-
-def check_resume(state: SearchState, config: TrainConfig, models: dict[str, str], ckpt: Path) -> None:
-    """Refuse to continue a search made with other settings or other V/M."""
-    conflict = resume_conflict(state, config, models)
-    if conflict:
-        raise UserError(
-            f"{ckpt.parent} holds a search that cannot continue: {conflict}; rerun with its settings, "
-            f"use another --name, --restart-on-change true, or delete {ckpt.parent}"
-        )
 
 
 def check_dream(run_dir: Path, task: Task) -> None:
@@ -367,22 +346,30 @@ def prepare(config: TrainConfig) -> tuple[Task, ControllerShape, Path, SearchSta
     models = model_fingerprints(run_dir, task, shape.uses_m or "dream" in (config.env, config.eval_env))
     if "dream" in (config.env, config.eval_env):
         check_dream(run_dir, task)
-    out_dir = ensure_dir(run_dir / "controller" / config.name)
+    out_dir = run_dir / "controller" / config.name
+    record = stage_record(config, inputs=models, n_params=shape.n_params)
+    status = open_output(
+        out_dir,
+        record,
+        stage="stage 5",
+        restart=config.restart_on_change,
+        resumable=RESUMABLE_SETTINGS,
+        complete=lambda previous: (previous.get("result") or {}).get("generations", 0) >= config.generations,
+    )
     ckpt = out_dir / CHECKPOINT
-    if ckpt.exists() and config.restart_on_change:
-        conflict = resume_conflict(load_checkpoint(ckpt), config, models)
-        if conflict:
-            previous = set_aside(out_dir)
-            out_dir = ensure_dir(out_dir)
-            print(f"[stage 5] {out_dir} starts afresh: {conflict}; the previous search is now {previous}", flush=True)
-    if ckpt.exists():
+    if status != NEW and ckpt.exists():
         state = load_checkpoint(ckpt)
-        check_resume(state, config, models, ckpt)
         state.settings = dataclasses.asdict(config)
         np.random.set_state(state.np_global_state)
     else:
         np.random.seed(config.seed)
-        es = CMAES(shape.n_params, config.sigma_init, config.popsize, config.weight_decay, config.seed)
+        es = CMAES(
+            shape.n_params,
+            sigma_init=config.sigma_init,
+            popsize=config.popsize,
+            weight_decay=config.weight_decay,
+            seed=config.seed,
+        )
         state = SearchState(0, es, [], [], None, 0.0, dataclasses.asdict(config), models)
     spec = RolloutSpec(str(run_dir), task.name, shape.mode, config.max_steps, env=config.env, tau=config.tau)
     return task, shape, out_dir, state, spec
@@ -403,7 +390,7 @@ def main(argv: Sequence[str] | None = None, on_generation: Callable[[SearchState
                 flush=True,
             )
             return 0
-        write_json(out_dir / "config.json", stage_record(config, models=state.models, n_params=shape.n_params))
+        write_json(out_dir / RECORD, stage_record(config, inputs=state.models, n_params=shape.n_params))
         pool = scope.open(spec, SerialPool)
         where = f"in M's dream at τ = {config.tau:g}" if config.env == "dream" else "in the real env"
         print(
@@ -415,10 +402,10 @@ def main(argv: Sequence[str] | None = None, on_generation: Callable[[SearchState
         state = train(config, shape, pool, out_dir, state, on_generation)
         best = state.best
         write_json(
-            out_dir / "config.json",
+            out_dir / RECORD,
             stage_record(
                 config,
-                models=state.models,
+                inputs=state.models,
                 n_params=shape.n_params,
                 result={
                     "generations": state.generation,

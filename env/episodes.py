@@ -212,22 +212,3 @@ def frame_dataset(
     frames = frames.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     return frames.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
-
-def episode_dataset(paths: Sequence[Path], read, signature: Mapping[str, Any], seed: int | None = None):
-    """tf.data stream of whole episodes: `read(path) -> dict of arrays` matching `signature`
-    (a dict of tf.TensorSpec). Shuffled each pass when `seed` is given. Holds one episode at a time."""
-    import tensorflow as tf
-
-    def episodes(path: bytes):
-        data = read(Path(path.decode()))
-        yield {key: data[key] for key in signature}
-
-    files = tf.data.Dataset.from_tensor_slices([str(p) for p in paths])
-    if seed is not None:
-        files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
-    return files.interleave(
-        lambda p: tf.data.Dataset.from_generator(episodes, args=(p,), output_signature=dict(signature)),
-        cycle_length=2,
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=True,
-    )

@@ -19,7 +19,8 @@ import numpy as np
 from tqdm import tqdm
 
 from env.common.cli import UserError, check_stage_flags, parse_config, run
-from env.common.files import ensure_dir, read_json, set_aside, stage_record, write_json
+from env.common.files import stage_record, write_json
+from env.common.rundir import COMPLETE, RECORD, open_output
 from env.episodes import episode_path, write_episode
 from env.policies import make_collection_policy
 from env.tasks import Task, get_task
@@ -28,8 +29,8 @@ from env.wrappers import make_env
 MAX_ATTEMPTS = 100
 """Tries per episode slot to draw an episode longer than the task's minimum length."""
 
-COMPARED_SETTINGS = ("task", "seed", "max_steps")
-"""Settings that must match an existing `record/` for a rerun to add to it."""
+RESUMABLE_SETTINGS = ("episodes", "workers")
+"""Settings a rerun may change and still add to the same `record/` (every other setting must match)."""
 
 
 @dataclass
@@ -141,16 +142,6 @@ def _collect_parallel(config: ExtractConfig, pending: list[int], record_dir: Pat
     return frames
 
 
-def settings_change(record_dir: Path, config: ExtractConfig) -> str:
-    """How the settings `record/` was collected with differ from `config`; '' when they agree (or it is new)."""
-    config_path = record_dir / "config.json"
-    if not config_path.exists():
-        return ""
-    previous = read_json(config_path).get("settings", {})
-    changed = [k for k in COMPARED_SETTINGS if previous.get(k) != getattr(config, k)]
-    return ", ".join(f"{k}={previous.get(k)!r} (now {getattr(config, k)!r})" for k in changed)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     config = parse_config(ExtractConfig, argv)
     task = get_task(config.task)
@@ -162,26 +153,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"--max-steps must exceed {task.name}'s minimum kept episode length "
             f"{task.min_episode_length}, got {config.max_steps}"
         )
-    record_dir = ensure_dir(Path(config.out) / "record")
-    change = settings_change(record_dir, config)
-    if change and not config.restart_on_change:
-        raise UserError(
-            f"{record_dir} was collected with {change}; use another --out, --restart-on-change true, "
-            f"or delete {record_dir}"
-        )
-    if change:
-        previous = set_aside(record_dir)
-        record_dir = ensure_dir(record_dir)
-        print(
-            f"[stage 1] collecting afresh: {record_dir} was collected with {change}; the previous episodes are "
-            f"now in {previous}",
-            flush=True,
-        )
-    for stale in record_dir.glob(".*.tmp"):
-        stale.unlink()
-    write_json(record_dir / "config.json", stage_record(config))
-
+    record_dir = Path(config.out) / "record"
+    record = stage_record(config)
+    state = open_output(
+        record_dir, record, stage="stage 1", restart=config.restart_on_change, resumable=RESUMABLE_SETTINGS
+    )
     pending = [i for i in range(config.episodes) if not episode_path(record_dir, i).exists()]
+    if state == COMPLETE and not pending:
+        print(f"[stage 1] {record_dir}: all {config.episodes} episodes already done; nothing to do", flush=True)
+        return 0
+    write_json(record_dir / RECORD, record)
     print(
         f"[stage 1] {task.name}: {config.episodes} episodes (≤ {config.max_steps} steps) → {record_dir}; "
         f"{config.episodes - len(pending)} already done, {config.workers} worker(s)",
@@ -212,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elapsed = time.perf_counter() - start
     rate = frames / elapsed if elapsed > 0 else 0.0
     write_json(
-        record_dir / "config.json",
+        record_dir / RECORD,
         stage_record(
             config,
             result={

@@ -12,7 +12,8 @@ import numpy as np
 
 from env.tasks import Task
 
-Policy = Callable[[int], np.ndarray]
+OpenLoopPolicy = Callable[[int], np.ndarray]
+"""A random policy that ignores observations: step index t → action float32 [action_dim]."""
 
 
 def controller_to_env_action(task: Task, y: np.ndarray) -> np.ndarray:
@@ -29,7 +30,7 @@ def controller_to_env_action(task: Task, y: np.ndarray) -> np.ndarray:
     raise ValueError(f"unknown action mapping {task.action_mapping!r}")
 
 
-def cauchy_controller(task: Task, rng: np.random.Generator) -> Policy:
+def cauchy_controller(task: Task, rng: np.random.Generator) -> OpenLoopPolicy:
     """The car's random policy: a controller with Cauchy(0, s) weights, s ~ U(0, 0.01), on noise features.
 
     The original gives V and M near-zero random weights, so z ≈ N(0, I) noise and h ≈ 0; only the
@@ -46,7 +47,7 @@ def cauchy_controller(task: Task, rng: np.random.Generator) -> Policy:
     return act
 
 
-def repeat_uniform(task: Task, rng: np.random.Generator) -> Policy:
+def repeat_uniform(task: Task, rng: np.random.Generator) -> OpenLoopPolicy:
     """Doom's random policy: a ~ U(-1, 1), redrawn when t % repeat == 0, with repeat redrawn in 1..10."""
     state = {"repeat": int(rng.integers(1, 11)), "a": 0.0}
 
@@ -59,7 +60,7 @@ def repeat_uniform(task: Task, rng: np.random.Generator) -> Policy:
     return act
 
 
-def uniform(task: Task, rng: np.random.Generator) -> Policy:
+def uniform(task: Task, rng: np.random.Generator) -> OpenLoopPolicy:
     """The paper's Doom random agent: C's output drawn from U(-1, 1) afresh every step."""
 
     def act(t: int) -> np.ndarray:
@@ -71,11 +72,11 @@ def uniform(task: Task, rng: np.random.Generator) -> Policy:
 POLICIES = {"cauchy_controller": cauchy_controller, "repeat_uniform": repeat_uniform, "uniform": uniform}
 
 
-def make_policy(name: str, task: Task, rng: np.random.Generator) -> Policy:
+def make_policy(name: str, task: Task, rng: np.random.Generator) -> OpenLoopPolicy:
     """A fresh random policy `name` (a key of POLICIES) for one episode of `task`."""
     return POLICIES[name](task, rng)
 
 
-def make_collection_policy(task: Task, rng: np.random.Generator) -> Policy:
+def make_collection_policy(task: Task, rng: np.random.Generator) -> OpenLoopPolicy:
     """A fresh data-collection policy for one episode of `task`."""
     return make_policy(task.collect_policy, task, rng)

@@ -21,6 +21,8 @@ import numpy as np
 
 from rnn.twin import RNNTwin, sample_z_from
 
+TAU = 1.15
+"""The dream's temperature of the paper's reported Doom agent (Table 2; the original code hard-codes 1.25)."""
 DREAM_STREAM = 2
 """The dream episode with seed s draws from default_rng([s, DREAM_STREAM])."""
 NOISE_BLOCK = 64

@@ -24,10 +24,8 @@ from env.common.cli import UserError, run
 from env.common.files import atomic_write
 from env.common.training import load_model, save_model
 from env.tasks import TASKS, Task, get_task
-from rnn.artifacts import MODEL_FILE, WEIGHTS_FILE, check_rnn_dir
+from rnn.artifacts import MIXTURES, MODEL_FILE, WEIGHTS_FILE, check_rnn_dir
 
-MIXTURES = 5
-"""Gaussian components per latent dimension (WME: num_mixture)."""
 DONE_WEIGHT = 10.0
 """Weight of the done BCE on positive targets (WME doomrnn: restart_factor)."""
 LR_FLOOR = 1e-5

@@ -19,14 +19,14 @@ from pathlib import Path
 import numpy as np
 
 from env.common.cli import UserError, check_stage_flags, parse_config, run
-from env.common.files import atomic_write, ensure_dir, read_json, stage_record, write_json
-from env.common.training import check_previous, clear_previous, fit_from, last_logged, restore, standard_callbacks
+from env.common.files import atomic_write, stage_record, write_json
+from env.common.rundir import COMPLETE, finished, open_output
+from env.common.training import RESUMABLE_SETTINGS, fit_from, last_logged, restore, standard_callbacks
 from env.tasks import Task, get_task
 from rnn.artifacts import MODEL_FILE
 from rnn.data import EpisodeBatches, SeriesSet, StreamBatches
-from vae.series import list_series
+from vae.series import list_series, series_fingerprint
 
-RESUMABLE_SETTINGS = ("checkpoint_every", "out", "restart_on_change")
 INITIAL_Z_EPISODES = 1000
 """initial_z holds the first frame of this many episodes (WME rnn_train.py)."""
 STATE_FILE = "checkpoint/lstm_state.npz"
@@ -203,15 +203,20 @@ def main(argv: Sequence[str] | None = None, extra_callbacks: Sequence = ()) -> i
     if total_steps < 1:
         raise UserError("nothing to train: --steps (or --epochs) resolves to 0 updates")
 
-    rnn_dir = ensure_dir(out / "rnn")
-    series_of = read_json(series_dir / "config.json").get("vae") if (series_dir / "config.json").exists() else None
-    record = stage_record(config, data={"episodes": len(series), "frames": int(series.lengths.sum()), "vae": series_of})
-    state = check_previous(rnn_dir, record, RESUMABLE_SETTINGS, MODEL_FILE, restart=config.restart_on_change)
-    if state == "done":
+    rnn_dir = out / "rnn"
+    inputs = {"episodes": len(series), "frames": int(series.lengths.sum()), "vae": series_fingerprint(series_dir)}
+    record = stage_record(config, inputs=inputs)
+    state = open_output(
+        rnn_dir,
+        record,
+        stage="stage 4",
+        restart=config.restart_on_change,
+        resumable=RESUMABLE_SETTINGS,
+        complete=lambda previous: finished(previous) and (rnn_dir / MODEL_FILE).exists(),
+    )
+    if state == COMPLETE:
         print(f"[stage 4] {rnn_dir} is already trained with these settings; nothing to do", flush=True)
         return 0
-    if state == "new":
-        clear_previous(rnn_dir)
     write_json(rnn_dir / "config.json", record)
     print(
         f"[stage 4] {task.name}: M (LSTM {task.rnn_units}, z = {task.z_size}) on {len(series)} episodes "

@@ -13,9 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from env.tasks import Task
-from rnn.artifacts import load_weights
-
-MIXTURES = 5
+from rnn.artifacts import MIXTURES, load_weights
 
 
 @dataclass

@@ -134,7 +134,7 @@ def test_z_only_modes_do_not_need_m():
 
 
 def test_cma_cost_is_minus_reward_plus_an_l2_penalty():
-    es = CMAES(4, popsize=4, weight_decay=0.01, seed=0)
+    es = CMAES(4, sigma_init=0.1, popsize=4, weight_decay=0.01, seed=0)
     es.solutions = np.array([[0.0] * 4, [1.0] * 4, [2.0, 0, 0, 0], [0.0] * 4])
     costs = es.costs(np.array([10.0, 10.0, 10.0, 3.0]))
     np.testing.assert_allclose(costs, [-10.0, -10.0 + 0.01, -10.0 + 0.01, -3.0])

@@ -118,7 +118,7 @@ def test_rerun_is_identical_and_resumes(car_run, tmp_path):
 
 
 def test_changed_settings_refuse_to_mix(car_run):
-    with pytest.raises(UserError, match="collected with seed=7 \\(now 9\\)"):
+    with pytest.raises(UserError, match="--seed=7 \\(now 9\\)"):
         extract.main(
             ["--task", "carracing", "--episodes", "3", "--max-steps", "40", "--seed", "9", "--out", str(car_run)]
         )

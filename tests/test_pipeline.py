@@ -63,6 +63,7 @@ def check_complete(out, task, mode, extra_evals=()):
     return report
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "task, np_, kill_stage, progress, resumed",
     [
@@ -100,27 +101,3 @@ def test_run_sh_rejects_bad_arguments(tmp_path):
     ):
         result = subprocess.run([RUN_SH, *args], capture_output=True, text=True, timeout=120)
         assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
-
-
-def test_a_training_stage_rerun_with_other_settings_is_refused_or_set_aside(tmp_path, capsys):
-    from env.common.cli import UserError
-    from env.common.training import check_previous
-
-    stage = tmp_path / "vae"
-    stage.mkdir()
-    (stage / "config.json").write_text(
-        json.dumps({"settings": {"epochs": 1, "out": "a"}, "data": {"frames": 9}, "result": {}})
-    )
-    (stage / "vae.keras").write_text("model")
-    same = {"settings": {"epochs": 1, "out": "b"}, "data": {"frames": 9}}
-    assert check_previous(stage, same, ("out",), "vae.keras") == "done"
-    other = {"settings": {"epochs": 2, "out": "a"}, "data": {"frames": 9}}
-    with pytest.raises(UserError, match="epochs=1 .now 2."):
-        check_previous(stage, other, ("out",), "vae.keras")
-    for k in (1, 3):
-        (stage / "config.json").write_text(json.dumps({"settings": {"epochs": k}, "data": {"frames": 9}}))
-        assert check_previous(stage, other, ("out",), "vae.keras", restart=True) == "new"
-        assert "starts afresh" in capsys.readouterr().out and not any(stage.iterdir())
-    assert json.loads((tmp_path / "vae.previous" / "config.json").read_text())["settings"]["epochs"] == 1
-    assert (tmp_path / "vae.previous" / "vae.keras").exists()  # the earlier run is kept, not deleted
-    assert json.loads((tmp_path / "vae.previous.2" / "config.json").read_text())["settings"]["epochs"] == 3

@@ -65,7 +65,7 @@ def trained(tmp_path_factory):
 def test_stage_2_writes_model_weights_logs_and_grids(trained):
     vae_dir = trained / "vae"
     config = json.loads((vae_dir / "config.json").read_text())
-    assert config["settings"]["epochs"] == 2 and config["data"] == {"episodes": 3, "frames": 72}
+    assert config["settings"]["epochs"] == 2 and config["inputs"] == {"episodes": 3, "frames": 72}
     assert config["result"]["steps"] == 2 * (72 // 8)
     assert config["result"]["images_per_second"] > 0
     rows = log_rows(trained)
@@ -169,9 +169,9 @@ def test_stage_3_resumes_and_refuses_another_v(trained, capsys):
     assert files[1].exists() and files[0].read_bytes() == before
     config_path = trained / "series" / "config.json"
     config = json.loads(config_path.read_text())
-    config_path.write_text(json.dumps({**config, "vae": "0" * 64}))
+    config_path.write_text(json.dumps({**config, "inputs": {"vae": "0" * 64}}))
     try:
-        with pytest.raises(UserError, match="encoded by another V"):
+        with pytest.raises(UserError, match="input vae '0000"):
             series.main(["--task", "carracing", "--out", str(trained)])
     finally:
         config_path.write_text(json.dumps(config))

@@ -19,10 +19,8 @@ from env.common.cli import UserError, run
 from env.common.files import atomic_write
 from env.common.training import load_model, save_model
 from env.tasks import FRAME_SIZE, TASKS, Task, get_task
+from vae import KL_TOLERANCE
 from vae.artifacts import MODEL_FILE, WEIGHTS_FILE, check_vae_dir
-
-KL_TOLERANCE = 0.5
-"""Free bits: the per-sample KL is floored at KL_TOLERANCE · z_size (WME: vae.py `kl_tolerance`)."""
 
 ENCODER_CONVS = ((32, 4), (64, 4), (128, 4), (256, 4))
 """(filters, kernel) of the stride-2 valid ReLU convolutions enc_conv1..4."""

@@ -18,7 +18,6 @@ so that a retrained V is never mixed with series encoded by an older one.
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -28,8 +27,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from env.common.cli import UserError, check_stage_flags, parse_config, run
-from env.common.files import ensure_dir, read_json, stage_record, write_json
+from env.common.cli import check_stage_flags, parse_config, run
+from env.common.files import read_json, stage_record, write_json
+from env.common.rundir import COMPLETE, RECORD, open_output
 from env.episodes import FormatError, Schema, list_episodes, read_episode, read_npz, write_npz
 from env.tasks import FRAME_SIZE, Task, get_task
 from vae.artifacts import check_vae_dir, fingerprint
@@ -46,6 +46,9 @@ SERIES = Schema(
     scalars={"task": "str", "seed": "int64"},
 )
 
+RESUMABLE_SETTINGS = ("batch_size",)
+"""Frames per encoder call change the speed, not the encoding: a rerun may change them."""
+
 
 @dataclass
 class SeriesConfig:
@@ -57,8 +60,8 @@ class SeriesConfig:
     restart_on_change: bool = field(
         default=False,
         metadata={
-            "help": "when OUT/series/ was encoded by another V, delete it and encode afresh (run.sh sets this); "
-            "by default that is refused"
+            "help": "when OUT/series/ was encoded by another V, move it to OUT/series.previous and encode afresh "
+            "(run.sh sets this); by default that is refused"
         },
     )
 
@@ -97,22 +100,10 @@ def list_series(series_dir: Path) -> list[Path]:
     return list_episodes(series_dir, made_by="stage 3, vae.series")
 
 
-def check_previous(series_dir: Path, task: Task, vae_id: str) -> None:
-    """Refuse to add to a `series/` encoded for another task or by another V."""
-    config_path = series_dir / "config.json"
-    if not config_path.exists():
-        return
-    previous = read_json(config_path)
-    if previous.get("settings", {}).get("task") != task.name:
-        raise UserError(
-            f"{series_dir} holds {previous.get('settings', {}).get('task')!r} series, not "
-            f"{task.name!r}; use another --out or delete {series_dir}"
-        )
-    if previous.get("vae") != vae_id:
-        raise UserError(
-            f"{series_dir} was encoded by another V than the one in {series_dir.parent / 'vae'}; "
-            f"delete {series_dir} to re-encode"
-        )
+def series_fingerprint(series_dir: Path) -> str | None:
+    """The fingerprint of the V that encoded `series_dir` (from its record), or None if it has none."""
+    path = Path(series_dir) / RECORD
+    return (read_json(path).get("inputs") or {}).get("vae") if path.exists() else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -125,21 +116,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     vae_dir = out / "vae"
     check_vae_dir(vae_dir, task)
     vae_id = fingerprint(vae_dir)
-    series_dir = ensure_dir(out / "series")
-    try:
-        check_previous(series_dir, task, vae_id)
-    except UserError as err:
-        if not config.restart_on_change:
-            raise
-        shutil.rmtree(series_dir)
-        series_dir = ensure_dir(series_dir)
-        print(f"[stage 3] encoding afresh: {err}", flush=True)
-    for stale in series_dir.glob(".*.tmp"):
-        stale.unlink()
-    record = stage_record(config, vae=vae_id)
-    write_json(series_dir / "config.json", record)
-
+    series_dir = out / "series"
+    record = stage_record(config, inputs={"vae": vae_id})
+    state = open_output(
+        series_dir, record, stage="stage 3", restart=config.restart_on_change, resumable=RESUMABLE_SETTINGS
+    )
     pending = [p for p in paths if not (series_dir / p.name).exists()]
+    if state == COMPLETE and not pending:
+        print(f"[stage 3] {series_dir} already holds every episode encoded by this V; nothing to do", flush=True)
+        return 0
+    write_json(series_dir / RECORD, record)
     print(
         f"[stage 3] {task.name}: encoding {len(paths)} episodes → {series_dir}; "
         f"{len(paths) - len(pending)} already done",

@@ -18,16 +18,16 @@ import numpy as np
 
 from env.common.cli import UserError, check_stage_flags, parse_config, run
 from env.common.files import atomic_write, ensure_dir, stage_record, write_json
-from env.common.training import check_previous, clear_previous, fit_from, last_logged, restore, standard_callbacks
+from env.common.rundir import COMPLETE, finished, open_output
+from env.common.training import RESUMABLE_SETTINGS, fit_from, last_logged, restore, standard_callbacks
 from env.episodes import frame_dataset, list_episodes, read_episode
 from env.tasks import Task, get_task
+from vae import KL_TOLERANCE
 from vae.artifacts import MODEL_FILE
 
 PRECISIONS = ("float32", "mixed_bfloat16")
 PREVIEW_FRAMES = 8
 """Frames shown (with their reconstructions) in each epoch's PNG grid."""
-RESUMABLE_SETTINGS = ("checkpoint_every", "out", "restart_on_change")
-"""Settings that may change between a run and its resumption; every other setting must match."""
 
 
 @dataclass
@@ -40,7 +40,7 @@ class VaeTrainConfig:
     batch_size: int = field(default=100, metadata={"help": "frames per update (WME: 100)"})
     learning_rate: float = field(default=1e-4, metadata={"help": "Adam learning rate, constant (WME: 1e-4)"})
     kl_tolerance: float = field(
-        default=0.5, metadata={"help": "free bits: per-sample KL floored at this × z size (WME: 0.5)"}
+        default=KL_TOLERANCE, metadata={"help": "free bits: per-sample KL floored at this × z size (WME: 0.5)"}
     )
     max_frames: int = field(
         default=0, metadata={"help": "frames per epoch; 0 = every recorded frame (as the original)"}
@@ -180,14 +180,19 @@ def main(argv: Sequence[str] | None = None, extra_callbacks: Sequence = ()) -> i
     steps_per_epoch = epoch_frames // config.batch_size
     if steps_per_epoch < 1:
         raise UserError(f"{out / 'record'} holds {frames_recorded} frames, fewer than one batch of {config.batch_size}")
-    vae_dir = ensure_dir(out / "vae")
-    record = stage_record(config, data={"episodes": len(paths), "frames": frames_recorded})
-    state = check_previous(vae_dir, record, RESUMABLE_SETTINGS, MODEL_FILE, restart=config.restart_on_change)
-    if state == "done":
+    vae_dir = out / "vae"
+    record = stage_record(config, inputs={"episodes": len(paths), "frames": frames_recorded})
+    state = open_output(
+        vae_dir,
+        record,
+        stage="stage 2",
+        restart=config.restart_on_change,
+        resumable=RESUMABLE_SETTINGS,
+        complete=lambda previous: finished(previous) and (vae_dir / MODEL_FILE).exists(),
+    )
+    if state == COMPLETE:
         print(f"[stage 2] {vae_dir} is already trained with these settings; nothing to do", flush=True)
         return 0
-    if state == "new":
-        clear_previous(vae_dir, extra=("recon",))
     write_json(vae_dir / "config.json", record)
     print(
         f"[stage 2] {task.name}: V (z = {task.z_size}) on {frames_recorded} frames of {len(paths)} episodes; "

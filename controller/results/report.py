@@ -51,9 +51,18 @@ class ReportConfig:
 
 
 def score(result: dict[str, Any] | None) -> str:
+    """An evaluation as 'mean ± population std (n=…)', rounded to whole steps or points; '—' when missing."""
     if not result:
         return "—"
     return f"{result['mean']:.0f} ± {result['std']:.0f} (n={result['n']})"
+
+
+def crashed_episodes(found: list[dict[str, Any]], random: dict[str, Any] | None) -> str:
+    """How many evaluation episodes crashed twice, per evaluation that had any ('none' when none did)."""
+    results = [(c["name"] + suffix, c[env]) for c in found for env, suffix in (("real", ""), ("dream", " (dream)"))]
+    counts = [(name, r.get("failed_episodes", 0)) for name, r in results + [("random", random)] if r]
+    crashed = [f"{k} of {name}" for name, k in counts if k]
+    return ", ".join(crashed) if crashed else "none did"
 
 
 def read_optional(path: Path) -> Any:
@@ -69,12 +78,16 @@ def cpu_model() -> str:
 
 
 def controllers(run_dir: Path, task: Task) -> list[dict[str, Any]]:
-    """Each trained controller (default mode first) with its settings, history and evaluations."""
+    """Each trained controller (default mode first) with its settings, history and evaluations.
+
+    An evaluation counts only when it played this controller (its params_sha256 matches best.json) and,
+    in the dream, at the τ the controller was trained at; any other is None (with a line saying so)."""
     found = []
     for ctrl_dir in sorted((run_dir / "controller").glob("*/")):
         if not (ctrl_dir / "best.json").exists() or ".previous" in ctrl_dir.name:
             continue
         config = read_optional(ctrl_dir / "config.json") or {}
+        settings = config.get("settings", {})
         history = read_optional(ctrl_dir / "history.json") or []
         best = read_json(ctrl_dir / "best.json")
         sha = params_sha256(best.get("params", []))
@@ -88,11 +101,14 @@ def controllers(run_dir: Path, task: Task) -> list[dict[str, Any]]:
                     "(rerun stage 6)",
                     flush=True,
                 )
+        tau = settings.get("tau") if settings.get("env") == "dream" else None
+        if evaluations["dream"] and evaluations["dream"].get("tau") != tau:
+            evaluations["dream"] = None
         found.append(
             {
                 "name": ctrl_dir.name,
                 "dir": ctrl_dir,
-                "settings": config.get("settings", {}),
+                "settings": settings,
                 "history": history,
                 "best": best,
                 **evaluations,
@@ -100,6 +116,15 @@ def controllers(run_dir: Path, task: Task) -> list[dict[str, Any]]:
         )
     default = default_mode(task)
     return sorted(found, key=lambda c: (c["name"] != default, c["name"]))
+
+
+def random_baseline(run_dir: Path, task: Task) -> dict[str, Any] | None:
+    """The random policy's evaluation `eval/random.json` (None when missing); a UserError if it is another task's."""
+    path = run_dir / "eval" / "random.json"
+    random = read_optional(path)
+    if random and random.get("settings", {}).get("task", task.name) != task.name:
+        raise UserError(f"{path} is a {random['settings']['task']!r} result, not {task.name!r}")
+    return random
 
 
 def plot_returns(path: Path, evaluations: list[tuple[str, dict[str, Any]]], task: Task) -> None:
@@ -161,11 +186,7 @@ def build(config: ReportConfig) -> tuple[str, Path]:
         raise UserError(f"{run_dir}: no such run directory")
     found = controllers(run_dir, task)
     evaluated = [c for c in found if c["real"]]
-    random = read_optional(run_dir / "eval" / "random.json")
-    if random and random.get("settings", {}).get("task", task.name) != task.name:
-        raise UserError(
-            f"{run_dir / 'eval' / 'random.json'} is a {random['settings']['task']!r} result, not {task.name!r}"
-        )
+    random = random_baseline(run_dir, task)
     lines = [
         f"# World Models reproduction: {task.name}" + (f", preset `{config.preset}`" if config.preset else ""),
         "",
@@ -178,7 +199,9 @@ def build(config: ReportConfig) -> tuple[str, Path]:
         seeds = [e["seed"] for e in first_eval["episodes"]]
         lines += [
             f"Every score is the mean ± population std over n held-out real episodes (test seeds "
-            f"{seeds[0]}..{seeds[-1]}, never used in training or selection); the paper's are over 100.",
+            f"{seeds[0]}..{seeds[-1]}, never used in training or selection); the paper's are over 100. "
+            f"An episode whose env crashed twice counts at the worst return of its evaluation, as in "
+            f"training: {crashed_episodes(found, random)}.",
             "",
         ]
 
@@ -201,8 +224,6 @@ def build(config: ReportConfig) -> tuple[str, Path]:
         ]
         for c in found:
             tau = c["settings"].get("tau") if c["settings"].get("env") == "dream" else None
-            if c["dream"] and c["dream"].get("tau") != tau:
-                c["dream"] = None
             paper = DOOM_TAU.get(round(tau, 2), ("—", "—")) if tau is not None else ("—", "—")
             label = f"`{c['name']}`" + (f" τ = {tau:g}" if tau is not None else "")
             lines.append(

@@ -17,13 +17,13 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from controller import evaluate, train
 from controller.model import default_mode
 from controller.pool import mpi_world, release_mpi_workers, serve_mpi_sessions
 from controller.results.paper import DOOM_RANDOM as PAPER_RANDOM
 from controller.results.paper import DOOM_TAU as PAPER
+from controller.results.report import score
 from env.common.cli import UserError, check_stage_flags, parse_config, run
 from env.common.files import atomic_write, read_json, write_json
 from env.tasks import get_task
@@ -43,10 +43,6 @@ class TauTableConfig:
     workers: int = field(
         default=evaluate.EvaluateConfig.workers, metadata={"help": "evaluation processes without mpirun"}
     )
-
-
-def score(result: dict[str, Any]) -> str:
-    return f"{result['mean']:.0f} ± {result['std']:.0f} (n={result['n']})"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,10 +18,26 @@ from env.common.cli import UserError
 _VERSIONED = ("numpy", "gymnasium", "vizdoom", "tensorflow", "keras", "tensorflow-probability", "cma", "mpi4py")
 
 
+TEMPORARY = ".tmp"
+"""Every temporary file of an atomic write is named `.<final name>.<…>.tmp[<suffix>]`."""
+
+
+def is_temporary(path: Path) -> bool:
+    """Whether `path` is the temporary file of an atomic write (left behind only by an interrupted one)."""
+    name = Path(path).name
+    return name.startswith(".") and TEMPORARY in name
+
+
+def temporary_beside(path: Path, suffix: str = "") -> Path:
+    """A temporary name beside `path` for writers that need a fixed `suffix` (Keras: `.keras`, `.weights.h5`)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}{TEMPORARY}{suffix}")
+
+
 def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
     """Call `write(fileobj)` on a temporary file beside `path`, then rename it over `path`."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMPORARY)
     try:
         with os.fdopen(fd, mode) as f:
             write(f)

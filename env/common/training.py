@@ -1,5 +1,5 @@
-"""What the Keras training stages (V, M) share: settings checks, checkpoint and resume, NaN stop,
-progress, and `fit()` over a step-keyed data stream that continues exactly where a killed run stopped.
+"""What the Keras training stages (V, M) share: checkpoint and resume, NaN stop, progress, and `fit()`
+over a step-keyed data stream that continues exactly where a killed run stopped.
 
 TensorFlow and Keras are imported inside the functions, so importing this module stays cheap.
 """
@@ -8,23 +8,22 @@ from __future__ import annotations
 
 import csv
 import math
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from env.common.cli import UserError
-from env.common.files import ensure_dir, read_json, set_aside
+from env.common.files import ensure_dir, temporary_beside
 
 CHECKPOINT_FILE = "checkpoint/train.weights.h5"
-LOG_FILES = ("checkpoint", "tensorboard", "log.csv")
-"""What a fresh (not resumed) training run clears from its stage directory."""
+RESUMABLE_SETTINGS = ("checkpoint_every",)
+"""Settings of V's and M's training that may change between a run and its resumption."""
 
 
 def save_model(model, path: Path) -> None:
     """Save a Keras model as `.keras` atomically (temporary name beside `path`, then rename)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.keras")
+    tmp = temporary_beside(path, ".keras")
     model.save(tmp)
     tmp.replace(path)
 
@@ -37,45 +36,6 @@ def load_model(path: Path):
         return keras.saving.load_model(path, compile=False)
     except Exception as err:
         raise UserError(f"{path}: cannot be loaded ({type(err).__name__}: {str(err).splitlines()[0]})") from None
-
-
-def check_previous(
-    stage_dir: Path, record: dict, resumable: Sequence[str], model_file: str, restart: bool = False
-) -> str:
-    """'new', 'resume' or 'done' for a training stage's directory, comparing its `config.json` with
-    `record` (settings and data); a UserError naming what changed if it was trained differently, or
-    with `restart`, the directory is set aside as `<name>.previous` and the stage starts afresh ('new').
-    Settings named in `resumable` may change between a run and its resumption."""
-    config_path = stage_dir / "config.json"
-    if not config_path.exists():
-        return "new"
-    previous = read_json(config_path)
-    old = {k: v for k, v in previous.get("settings", {}).items() if k not in resumable}
-    new = {k: v for k, v in record["settings"].items() if k not in resumable}
-    old["data"], new["data"] = previous.get("data"), record.get("data")
-    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    if changed:
-        what = ", ".join(f"{k}={old.get(k)!r} (now {new.get(k)!r})" for k in changed)
-        if not restart:
-            raise UserError(
-                f"{stage_dir} was trained with {what}; use another --out, --restart-on-change true, "
-                f"or delete {stage_dir}"
-            )
-        previous = set_aside(stage_dir)
-        ensure_dir(stage_dir)
-        print(f"{stage_dir} starts afresh: it was trained with {what}; the previous one is now {previous}", flush=True)
-        return "new"
-    return "done" if "result" in previous and (stage_dir / model_file).exists() else "resume"
-
-
-def clear_previous(stage_dir: Path, extra: Sequence[str] = ()) -> None:
-    """Remove the logs and checkpoint of an earlier, abandoned run before a fresh start."""
-    for name in (*LOG_FILES, *extra):
-        target = stage_dir / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        else:
-            target.unlink(missing_ok=True)
 
 
 def restore(model, stage_dir: Path, stage: str) -> int:
@@ -135,7 +95,7 @@ def standard_callbacks(
 
         def save(self):
             path = stage_dir / CHECKPOINT_FILE
-            tmp = path.with_name(".tmp." + path.name)
+            tmp = temporary_beside(path, ".weights.h5")
             model.save_weights(tmp)
             tmp.replace(path)
 
