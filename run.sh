@@ -1,10 +1,18 @@
 #!/usr/bin/env bash
 # World Models (Ha & Schmidhuber 2018) in TensorFlow/Keras: setup, pipeline, tests.
 #
-#   ./run.sh [carracing|doom] [--preset smoke|small|paper] [--np N] [--out DIR]   run the pipeline
-#   ./run.sh test [pytest args]                                                   run the test suite
-#   ./run.sh bench                                                                print benchmarks
-#   ./run.sh lint                                                                 ruff: lint and format check
+#   ./run.sh [carracing|doom] [--preset smoke|small|paper] [--seed S] [--np N] [--out DIR]   run the pipeline
+#   ./run.sh [carracing|doom] [--preset P] --seeds 0,1,2 [--np N] [--out DIR]                a run per seed, replicates
+#   ./run.sh test [pytest args]                                                              run the test suite
+#   ./run.sh bench                                                                           print benchmarks
+#   ./run.sh lint                                                                            ruff: lint and format check
+#
+#   --seed S   (default 0) seeds stages 1, 2, 4 and 5; stage 6 plays the same held-out episodes for every seed.
+#              Default --out: runs/<task>-<preset> for seed 0, runs/<task>-<preset>-seed<S> otherwise.
+#   --seeds L  the pipeline once per seed of L into that default (or OUT-seed<S> with --out), then the table
+#              of controller.results.replicates in runs/<task>-<preset>-replicates.md (or OUT-replicates.md).
+#   --np N     (default: cores + 1) stage 5 runs under mpirun -np N when N > 1: rank 0 runs CMA-ES, N - 1 play.
+#   Every run directory gets OUT/run.json: task, preset, seed, np and the command line that made it.
 #
 # The first call creates .venv from requirements.txt; a changed requirements.txt re-syncs it.
 set -euo pipefail
@@ -59,22 +67,47 @@ case "${1:-}" in
         ;;
 esac
 
+COMMAND_LINE=("$0" "$@")
 TASK=carracing
 PRESET=small
-NP=1
+NP=""
 OUT=""
+SEED=""
+SEEDS=""
+SEED_GIVEN=0
+SEEDS_GIVEN=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
         carracing|doom) TASK="$1"; shift ;;
         --preset) [[ $# -ge 2 ]] || die "--preset needs a value"; PRESET="$2"; shift 2 ;;
         --np) [[ $# -ge 2 ]] || die "--np needs a value"; NP="$2"; shift 2 ;;
         --out) [[ $# -ge 2 ]] || die "--out needs a value"; OUT="$2"; shift 2 ;;
-        -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+        --seed) [[ $# -ge 2 ]] || die "--seed needs a value"; SEED="$2"; SEED_GIVEN=1; shift 2 ;;
+        --seeds) [[ $# -ge 2 ]] || die "--seeds needs a value"; SEEDS="$2"; SEEDS_GIVEN=1; shift 2 ;;
+        -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
         *) die "unknown argument '$1' (see ./run.sh --help)" ;;
     esac
 done
+# A seed reaches numpy's legacy seeding (np.random.seed) in stages 2, 4 and 5, which takes [0, 2^32).
+valid_seed() { [[ "$1" =~ ^(0|[1-9][0-9]{0,9})$ ]] && (( $1 <= 4294967295 )); }
+# The cores this process may use (nproc would also obey OMP_NUM_THREADS, which is not about cores).
+cores() { env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1; }
+NP="${NP:-$(( $(cores) + 1 ))}"
 [[ "$NP" =~ ^[1-9][0-9]*$ ]] || die "--np must be a positive integer, got '$NP'"
-OUT="${OUT:-runs/$TASK-$PRESET}"
+[[ "$SEED_GIVEN" == 0 || "$SEEDS_GIVEN" == 0 ]] || die "--seed and --seeds exclude each other (--seeds runs the pipeline once per seed)"
+if [[ "$SEEDS_GIVEN" == 1 ]]; then
+    IFS=, read -r -a SEED_LIST <<< "$SEEDS"
+    [[ "${#SEED_LIST[@]}" -ge 1 && "$SEEDS" != *, ]] || die "--seeds must be comma-separated non-negative integers below 2^32, got '$SEEDS'"
+    for s in "${SEED_LIST[@]}"; do
+        valid_seed "$s" || die "--seeds must be comma-separated non-negative integers below 2^32, got '$SEEDS'"
+    done
+    [[ "$(printf '%s\n' "${SEED_LIST[@]}" | sort | uniq -d)" == "" ]] || die "--seeds names a seed twice: '$SEEDS'"
+else
+    [[ "$SEED_GIVEN" == 1 ]] || SEED=0
+    valid_seed "$SEED" || die "--seed must be a non-negative integer below 2^32, got '$SEED'"
+    SEED_LIST=("$SEED")
+fi
+OUT_GIVEN="$OUT"
 
 ensure_venv
 stage_flags() { "$PY" -m env.common.presets --task "$TASK" --preset "$PRESET" --stage "$1" --np "$NP" || exit 2; }
@@ -86,28 +119,70 @@ step() {
     "$PY" -m env.common.stagelog --out "$OUT" --stage "$number" --name "$name" -- "$@" || exit $?
 }
 
-COMMON=(--task "$TASK" --out "$OUT")
-# A stage rerun with other settings (or on a retrained V or M) starts afresh; complete stages are skipped.
-AFRESH=(--restart-on-change true)
-LAUNCH=()
-if [[ "$NP" -gt 1 ]]; then
-    LAUNCH=("$VENV/bin/mpirun" -np "$NP")
-fi
-echo "[run.sh] $TASK, preset $PRESET, --np $NP → $OUT"
+# OUT/run.json, written atomically: what made this run directory.
+write_run_json() {
+    "$PY" - "$OUT" "$TASK" "$PRESET" "$SEED" "$NP" "${COMMAND_LINE[@]}" <<'PYTHON' || exit 2
+import shlex
+import sys
+from pathlib import Path
+
+from env.common.cli import run
+from env.common.files import ensure_dir, git_commit, write_json
+
+out, task, preset, seed, np_, *command = sys.argv[1:]
+info = {"task": task, "preset": preset, "seed": int(seed), "np": int(np_), "command": shlex.join(command)}
+run(lambda _: write_json(ensure_dir(Path(out)) / "run.json", {**info, "commit": git_commit()}))
+PYTHON
+}
 
 F_EXTRACT="$(stage_flags extract)"; F_VAE="$(stage_flags vae)"; F_SERIES="$(stage_flags series)"
 F_RNN="$(stage_flags rnn)"; F_CONTROLLER="$(stage_flags controller)"; F_EVALUATE="$(stage_flags evaluate)"
 
-# shellcheck disable=SC2086  # preset flags are single words
-step 1 extract "$PY" -m env.extract "${COMMON[@]}" "${AFRESH[@]}" $F_EXTRACT
-step 2 vae "$PY" -m vae.train "${COMMON[@]}" "${AFRESH[@]}" $F_VAE
-step 3 series "$PY" -m vae.series "${COMMON[@]}" "${AFRESH[@]}" $F_SERIES
-step 4 rnn "$PY" -m rnn.train "${COMMON[@]}" "${AFRESH[@]}" $F_RNN
-step 5 controller "${LAUNCH[@]}" "$PY" -m controller.train "${COMMON[@]}" "${AFRESH[@]}" $F_CONTROLLER
-step 6 evaluate "$PY" -m controller.evaluate "${COMMON[@]}" --gif true $F_EVALUATE
-if [[ "$TASK" == doom ]]; then
-    step 6 evaluate-dream "$PY" -m controller.evaluate "${COMMON[@]}" --env dream $F_EVALUATE
+# pipeline: stages 1-7 of TASK at PRESET with SEED into OUT.
+pipeline() {
+    local common=(--task "$TASK" --out "$OUT")
+    # A stage rerun with other settings (or on a retrained V or M) starts afresh; complete stages are skipped.
+    local afresh=(--restart-on-change true)
+    local seeded=(--seed "$SEED")
+    local launch=()
+    if [[ "$NP" -gt 1 ]]; then
+        launch=("$VENV/bin/mpirun" -np "$NP")
+    fi
+    echo "[run.sh] $TASK, preset $PRESET, seed $SEED, --np $NP → $OUT"
+    write_run_json
+
+    # shellcheck disable=SC2086  # preset flags are single words
+    step 1 extract "$PY" -m env.extract "${common[@]}" "${afresh[@]}" "${seeded[@]}" $F_EXTRACT
+    step 2 vae "$PY" -m vae.train "${common[@]}" "${afresh[@]}" "${seeded[@]}" $F_VAE
+    step 3 series "$PY" -m vae.series "${common[@]}" "${afresh[@]}" $F_SERIES
+    step 4 rnn "$PY" -m rnn.train "${common[@]}" "${afresh[@]}" "${seeded[@]}" $F_RNN
+    step 5 controller "${launch[@]}" "$PY" -m controller.train "${common[@]}" "${afresh[@]}" "${seeded[@]}" $F_CONTROLLER
+    # Stage 6 keeps its default --seed, an offset into the held-out test seeds: every seed plays the same episodes.
+    step 6 evaluate "$PY" -m controller.evaluate "${common[@]}" --gif true $F_EVALUATE
+    if [[ "$TASK" == doom ]]; then
+        step 6 evaluate-dream "$PY" -m controller.evaluate "${common[@]}" --env dream $F_EVALUATE
+    fi
+    step 6 random "$PY" -m controller.evaluate "${common[@]}" --random true $F_EVALUATE
+    step 7 visualize "$PY" -m rnn.visualize "${common[@]}" "${seeded[@]}" --episode 0 --tau 1.0 --context 10
+    step 7 report "$PY" -m controller.results.report "${common[@]}" --preset "$PRESET"
+}
+
+# Run directories: runs/<task>-<preset> for seed 0 and runs/<task>-<preset>-seed<S> for seed S > 0; with --out,
+# OUT itself (--seed) or OUT-seed<S> for every seed of --seeds.
+BASE="${OUT_GIVEN:-runs/$TASK-$PRESET}"
+for SEED in "${SEED_LIST[@]}"; do
+    if [[ "$SEEDS_GIVEN" == 1 && -n "$OUT_GIVEN" ]]; then
+        OUT="$OUT_GIVEN-seed$SEED"
+    elif [[ -n "$OUT_GIVEN" || "$SEED" == 0 ]]; then
+        OUT="$BASE"
+    else
+        OUT="$BASE-seed$SEED"
+    fi
+    pipeline
+done
+
+if [[ "$SEEDS_GIVEN" == 1 ]]; then
+    echo "=== replicates: seeds $SEEDS ==="
+    "$PY" -m controller.results.replicates --task "$TASK" --preset "$PRESET" --runs "$(dirname "$BASE")" \
+        --name "$(basename "$BASE")" --seeds "$SEEDS" --out "$BASE-replicates.md" || exit $?
 fi
-step 6 random "$PY" -m controller.evaluate "${COMMON[@]}" --random true $F_EVALUATE
-step 7 visualize "$PY" -m rnn.visualize "${COMMON[@]}" --episode 0 --tau 1.0 --context 10
-step 7 report "$PY" -m controller.results.report "${COMMON[@]}" --preset "$PRESET"

@@ -98,6 +98,13 @@ def test_run_sh_rejects_bad_arguments(tmp_path):
         (["pong"], "unknown argument"),
         (["--preset", "huge", "--out", str(tmp_path)], "unknown preset"),
         (["--np", "0"], "--np must be a positive integer"),
+        (["--seed", "-1"], "--seed must be a non-negative integer"),
+        (["--seed", "x"], "--seed must be a non-negative integer"),
+        (["--seed", "4294967296"], "--seed must be a non-negative integer below 2^32"),
+        (["--seed", "1", "--seeds", "0,1"], "--seed and --seeds exclude each other"),
+        (["--seeds", "0,,1"], "--seeds must be comma-separated non-negative integers"),
+        (["--seeds", "1,1"], "--seeds names a seed twice"),
     ):
         result = subprocess.run([RUN_SH, *args], capture_output=True, text=True, timeout=120)
         assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1 and not result.stdout, (args, result.stderr)
