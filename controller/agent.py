@@ -84,16 +84,17 @@ class Agent:
         return action
 
 
-class RandomPolicy:
-    """The task's random baseline (Task.baseline_policy) as a Policy, drawn afresh each episode."""
+class FixedPolicy:
+    """A named fixed policy (env.policies.POLICIES: the random baseline, constant actions, ...) as a Policy,
+    drawn afresh each episode from the episode's generator."""
 
-    def __init__(self, task: Task):
-        self.task = task
+    def __init__(self, task: Task, name: str):
+        self.task, self.name = task, name
         self.policy = None
         self.t = 0
 
     def reset(self, rng: np.random.Generator) -> None:
-        self.policy = make_policy(self.task.baseline_policy, self.task, rng)
+        self.policy = make_policy(self.name, self.task, rng)
         self.t = 0
 
     def act(self, obs: np.ndarray) -> np.ndarray:

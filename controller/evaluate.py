@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from controller.agent import Agent, RandomPolicy, play_episode
+from controller.agent import Agent, FixedPolicy, play_episode
 from controller.artifacts import params_sha256, read_params
 from controller.es import TEST_RANGE, heldout_seeds
 from controller.model import controller_shape, default_mode
@@ -32,6 +32,7 @@ from controller.train import check_dream, fill_failed, model_fingerprints
 from env.common.cli import UserError, check_stage_flags, parse_config, run
 from env.common.files import atomic_write, ensure_dir, stage_record, write_json
 from env.common.rundir import COMPLETE, open_output
+from env.policies import POLICIES
 from env.tasks import Task, get_task
 from env.wrappers import make_env
 from rnn.dream import TAU
@@ -59,6 +60,17 @@ class EvaluateConfig:
         metadata={
             "help": "play the task's random baseline instead (car: the Cauchy data-collection controller; Doom: a uniform action every step), written as eval/random.json"
         },
+    )
+    policy: str = field(
+        default="",
+        metadata={
+            "help": "play this fixed policy instead of a controller: "
+            + ", ".join(POLICIES)
+            + " (written as eval/NAME.json, NAME defaulting to the policy)"
+        },
+    )
+    result: str = field(
+        default="", metadata={"help": "the result's file name in OUT/eval/; '' = NAME, or NAME_dream with --env dream"}
     )
     episodes: int = field(default=100, metadata={"help": "episodes to play (the paper: 100)"})
     seed: int = field(
@@ -106,8 +118,8 @@ def write_gif(path: Path, frames: list[np.ndarray], fps: int = 25) -> int:
 def record_episode(spec: RolloutSpec, params: np.ndarray | None, seed: int, path: Path) -> tuple[float, int]:
     """Replay the episode of `seed` in this process, saving its rendered frames as a GIF → (return, steps)."""
     task = get_task(spec.task)
-    if spec.random_policy:
-        policy = RandomPolicy(task)
+    if spec.policy:
+        policy = FixedPolicy(task, spec.policy)
     else:
         policy = Agent.load(Path(spec.run_dir), task, controller_shape(task, spec.mode))
         policy.set_params(params)
@@ -136,19 +148,24 @@ def resolve(config: EvaluateConfig) -> tuple[Task, RolloutSpec, np.ndarray | Non
         raise UserError(f"--env must be 'real' or 'dream', got {config.env!r}")
     run_dir = Path(config.out)
     if config.env == "dream":
-        if config.random or config.gif:
-            raise UserError("--random and --gif play the real env only")
+        if config.gif:
+            raise UserError("--gif records the real env only")
         if config.tau <= 0:
             raise UserError(f"--tau must be positive, got {config.tau}")
         check_dream(run_dir, task)
-    if config.random:
-        config.name = config.name or "random"
-        return (
-            task,
-            RolloutSpec(str(run_dir), task.name, "", config.max_steps, random_policy=True),
-            None,
-            {"policy": f"random ({task.baseline_policy})"},
-        )
+    if config.random and config.policy:
+        raise UserError("--random is --policy with the task's baseline: give one of them")
+    if config.random or config.policy:
+        policy = config.policy or task.baseline_policy
+        if policy not in POLICIES:
+            raise UserError(f"unknown --policy {policy!r}; choose one of: {', '.join(POLICIES)}")
+        config.name = config.name or ("random" if config.random else policy)
+        label = f"random ({policy})" if config.random else f"fixed policy {policy}"
+        loaded = {"policy": label}
+        if config.env == "dream":
+            loaded.update(tau=config.tau, models=model_fingerprints(run_dir, task, needs_m=True))
+        spec = RolloutSpec(str(run_dir), task.name, "", config.max_steps, policy=policy, env=config.env, tau=config.tau)
+        return task, spec, None, loaded
     config.name = config.name or default_mode(task)
     params_file = run_dir / "controller" / config.name / "best.json"
     shape, params, record = read_params(params_file, task)
@@ -182,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = parse_config(EvaluateConfig, argv)
         task, spec, params, loaded = resolve(config)
         eval_dir = ensure_dir(Path(config.out) / "eval")
-        result_name = config.name + ("_dream" if config.env == "dream" else "")
+        result_name = config.result or config.name + ("_dream" if config.env == "dream" else "")
         result_path = eval_dir / f"{result_name}.json"
         gif_path = eval_dir / f"{config.name}.gif"
         state = open_output(

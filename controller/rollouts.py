@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from controller.agent import Agent, Policy, RandomPolicy, play_episode
+from controller.agent import AGENT_STREAM, Agent, FixedPolicy, Policy, play_episode
 from controller.model import BatchController, controller_shape, features
-from env.policies import controller_to_env_action
+from env.policies import controller_to_env_action, make_policy
 from env.tasks import get_task
 from env.wrappers import make_env
 from rnn.dream import DreamBatch
@@ -41,8 +41,8 @@ class RolloutSpec:
     mode: str
     max_steps: int
     """Episode cap in env steps (the task's cap unless a run shortens it)."""
-    random_policy: bool = False
-    """Play the task's data-collection policy instead of C (the random baseline)."""
+    policy: str = ""
+    """Play this fixed policy (env.policies.POLICIES, e.g. the task's random baseline) instead of C; '' = C."""
     env: str = "real"
     """'real': the task's environment; 'dream': M as the environment (rnn/dream.py)."""
     tau: float = 1.15
@@ -81,8 +81,8 @@ class Rollouts:
     def __init__(self, spec: RolloutSpec):
         self.spec = spec
         self.task = get_task(spec.task)
-        if spec.random_policy:
-            self.policy: Policy = RandomPolicy(self.task)
+        if spec.policy:
+            self.policy: Policy = FixedPolicy(self.task, spec.policy)
             self.agent = None
         else:
             self.agent = Agent.load(Path(spec.run_dir), self.task, controller_shape(self.task, spec.mode))
@@ -148,12 +148,20 @@ class DreamRollouts:
         """Every (candidate, seed) episode of `job`, stepped together until the last one ends."""
         seeds = np.asarray(job.seeds, dtype=np.int64)
         k, episodes = seeds.shape
-        controllers = BatchController(self.shape, job.params)
-        which = np.repeat(np.arange(k), episodes)
         dream = DreamBatch(self.rnn, seeds.reshape(-1), self.spec.tau, self.spec.max_steps)
-        while not dream.done:
-            y = controllers(features(self.shape, dream.z, dream.h, dream.c), which[dream.active])
-            dream.step(controller_to_env_action(self.task, y))
+        if self.spec.policy:
+            policies = [
+                make_policy(self.spec.policy, self.task, np.random.default_rng([int(s), AGENT_STREAM]))
+                for s in seeds.reshape(-1)
+            ]
+            while not dream.done:
+                dream.step(np.stack([policies[b](dream.t) for b in dream.active]))
+        else:
+            controllers = BatchController(self.shape, job.params)
+            which = np.repeat(np.arange(k), episodes)
+            while not dream.done:
+                y = controllers(features(self.shape, dream.z, dream.h, dream.c), which[dream.active])
+                dream.step(controller_to_env_action(self.task, y))
         return JobResult(dream.returns.reshape(k, episodes), dream.lengths.reshape(k, episodes), [], peak_rss_mb())
 
     def close(self) -> None:

@@ -69,7 +69,25 @@ def uniform(task: Task, rng: np.random.Generator) -> OpenLoopPolicy:
     return act
 
 
-POLICIES = {"cauchy_controller": cauchy_controller, "repeat_uniform": repeat_uniform, "uniform": uniform}
+def constant(y: float):
+    """A policy whose C output is `y` in every dimension, every step (Doom: -1 always left, 0 no-op, 1 right)."""
+
+    def make(task: Task, rng: np.random.Generator) -> OpenLoopPolicy:
+        action = controller_to_env_action(task, np.full(task.action_dim, y, np.float32))
+        return lambda t: action
+
+    return make
+
+
+POLICIES = {
+    "cauchy_controller": cauchy_controller,
+    "repeat_uniform": repeat_uniform,
+    "uniform": uniform,
+    "noop": constant(0.0),
+    "left": constant(-1.0),
+    "right": constant(1.0),
+}
+"""The fixed policies by name: the data-collection and baseline policies, and constant ones for calibration."""
 
 
 def make_policy(name: str, task: Task, rng: np.random.Generator) -> OpenLoopPolicy:

@@ -12,6 +12,8 @@ from env.common.rundir import COMPLETE, NEW, RESUME, open_output
 RECORD = {"settings": {"epochs": 1, "checkpoint_every": 100, "out": "a"}, "inputs": {"frames": 9}}
 DONE = {**RECORD, "result": {"loss": 1.0}}
 RESUMABLE = {"resumable": ("checkpoint_every",)}
+NEW_FLAG = {**RECORD, "settings": {**RECORD["settings"], "policy": ""}, "defaults": {"policy": ""}}
+NEW_FLAG_SET = {**NEW_FLAG, "settings": {**NEW_FLAG["settings"], "policy": "left"}}
 
 
 def settings(**changed):
@@ -42,6 +44,8 @@ CASES = [
     ("an unreadable record, restart", "garbled", RECORD, {"restart": True}, NEW, ["out.previous"]),
     ("unchanged but forced", DONE, RECORD, {"force": True}, NEW, ["out.previous"]),
     ("a custom completeness test", DONE, RECORD, {"complete": lambda previous: False}, RESUME, []),
+    ("a flag added since, at its default", DONE, NEW_FLAG, {}, COMPLETE, []),
+    ("a flag added since, not at its default", DONE, NEW_FLAG_SET, {}, ("refused", "--policy=None (now 'left')"), []),
 ]
 
 

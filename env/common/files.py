@@ -122,5 +122,13 @@ def library_versions() -> dict[str, str]:
 
 
 def stage_record(config: Any, **extra: Any) -> dict[str, Any]:
-    """What a stage writes to its `config.json`: the resolved settings plus versions and commit."""
-    return {"settings": dataclasses.asdict(config), "versions": library_versions(), "commit": git_commit(), **extra}
+    """What a stage writes to its `config.json`: the resolved settings (and each flag's default) plus versions and
+    commit."""
+    defaults = {f.name: f.default for f in dataclasses.fields(config) if f.default is not dataclasses.MISSING}
+    return {
+        "defaults": defaults,
+        "settings": dataclasses.asdict(config),
+        "versions": library_versions(),
+        "commit": git_commit(),
+        **extra,
+    }

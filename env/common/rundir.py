@@ -40,9 +40,11 @@ def finished(previous: dict[str, Any]) -> bool:
 
 
 def changes(previous: dict[str, Any], record: dict[str, Any], resumable: Sequence[str] = ()) -> list[str]:
-    """What differs between two records, as 'name=old (now new)', ignoring `resumable` settings."""
+    """What differs between two records, as 'name=old (now new)', ignoring `resumable` settings and a setting the
+    earlier record lacks (a flag added since) that is at its default now."""
     ignored = set(resumable) | set(ALWAYS_RESUMABLE)
-    before, now = previous.get("settings", {}), record.get("settings", {})
+    before, now, defaults = previous.get("settings", {}), record.get("settings", {}), record.get("defaults", {})
+    ignored |= {k for k in now if k not in before and k in defaults and now[k] == defaults[k]}
     found = [
         f"--{k.replace('_', '-')}={before.get(k)!r} (now {now.get(k)!r})"
         for k in sorted(set(before) | set(now))
