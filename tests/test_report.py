@@ -55,7 +55,10 @@ def test_doom_report_puts_dream_and_real_scores_beside_the_tau_row(tmp_path):
     controller(run, "zch.previous.2", {"mode": "zch"}, 1)
     append_log(run, {"stage": 5, "name": "controller", "wall_seconds": 120.0, "cpu_seconds": 200.0})
     append_log(run, {"stage": 5, "name": "controller", "wall_seconds": 60.0, "cpu_seconds": 100.0})
+    (run / "calibration.md").write_text("| policy | real |\n|---|---|\n| always left | 175 ± 53 (n=100) |\n")
     text, path = report.build(report.ReportConfig(out=str(run), task="doom", preset="small"))
+    assert "Does the dream tell the truth?" in text and "| always left | 175 ± 53 (n=100) |" in text
+    assert "crashed twice counts at the worst return of its evaluation, as in training: none did" in text
     assert path.read_text() == text
     row = next(line for line in text.splitlines() if line.startswith("| `zch` τ = 1.15"))
     # mean ± population std (n), as numpy computes them; the paper's τ = 1.15 row beside it.

@@ -234,6 +234,10 @@ def build(config: ReportConfig) -> tuple[str, Path]:
         tau_table = run_dir / "tau_table.md"
         if tau_table.exists():
             lines += ["", "### The τ table (`controller.results.tau_table`)", "", tau_table.read_text().strip()]
+        calibration = run_dir / "calibration.md"
+        if calibration.exists():
+            title = "### Does the dream tell the truth? (`controller.results.calibration`)"
+            lines += ["", title, "", calibration.read_text().strip()]
     lines.append("")
 
     lines += ["## Compute", ""] + stage_table(run_dir) + [""]
