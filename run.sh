@@ -38,9 +38,7 @@ ensure_venv() {
     echo "$want" > "$stamp"
 }
 
-# TensorFlow on CPU: oneDNN kernels on (default only on AVX-512 CPUs), start-up noise off.
-export TF_ENABLE_ONEDNN_OPTS="${TF_ENABLE_ONEDNN_OPTS:-1}"
-export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
+# TensorFlow's defaults (oneDNN kernels on, start-up noise off) are set once, in env/__init__.py.
 export PYTHONUNBUFFERED=1
 # At most 2 glibc malloc arenas: with tf.data's many threads the default lets a training process's
 # RSS creep up by hundreds of MB over an hour; with 2 it stays flat.

@@ -10,6 +10,7 @@ worker leaves its core to the ranks that are playing.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import queue
@@ -19,7 +20,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from controller.rollouts import Job, JobResult, RolloutSpec, Worker
+from controller.rollouts import Job, JobResult, JobRunner, RolloutSpec
+from env.common.processes import init_worker, stop_processes
 
 TAG_SPEC, TAG_JOB, TAG_RESULT, TAG_STOP, TAG_DONE = 1, 2, 3, 4, 5
 POLL_SECONDS = (0.0005, 0.02)
@@ -52,7 +54,7 @@ def _poll_recv(comm, source: int | None, tag: int | None) -> tuple[Any, int, int
     return message, status.Get_source(), status.Get_tag()
 
 
-def _run_job(rollouts: Worker | None, failure: str, job: Job) -> tuple[str, Any]:
+def _run_job(rollouts: JobRunner | None, failure: str, job: Job) -> tuple[str, Any]:
     if rollouts is None:
         return "error", failure
     try:
@@ -61,10 +63,10 @@ def _run_job(rollouts: Worker | None, failure: str, job: Job) -> tuple[str, Any]
         return "error", traceback.format_exc()
 
 
-def _build(spec: RolloutSpec) -> tuple[Worker | None, str]:
+def _build(spec: RolloutSpec) -> tuple[JobRunner | None, str]:
     try:
-        return Worker(spec), ""
-    except BaseException:
+        return JobRunner(spec), ""
+    except Exception:
         return None, traceback.format_exc()
 
 
@@ -74,7 +76,7 @@ class SerialPool:
     workers = 1
 
     def __init__(self, spec: RolloutSpec):
-        self.rollouts = Worker(spec)
+        self.rollouts = JobRunner(spec)
 
     def map(self, jobs: Sequence[Job]) -> list[JobResult]:
         return [self.rollouts.run(job) for job in jobs]
@@ -155,6 +157,7 @@ def stop_mpi_workers(comm) -> None:
 
 
 def _process_worker(spec: RolloutSpec, jobs, results) -> None:
+    init_worker()
     rollouts, failure = _build(spec)
     try:
         while (item := jobs.get()) is not None:
@@ -198,13 +201,16 @@ class ProcessPool:
         return results
 
     def close(self) -> None:
+        """Drop the jobs not yet taken, let each worker finish its job and close its env; SIGTERM, then SIGKILL,
+        those that do not stop."""
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self.jobs.get_nowait()
         for _ in self.processes:
             self.jobs.put(None)
         for process in self.processes:
             process.join(timeout=10)
-            if process.is_alive():
-                process.terminate()
-                process.join()
+        stop_processes(self.processes)
 
 
 class PoolScope:

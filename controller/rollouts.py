@@ -28,7 +28,7 @@ from controller.model import BatchController, controller_shape, features
 from env.policies import controller_to_env_action, make_policy
 from env.tasks import get_task
 from env.wrappers import make_env
-from rnn.dream import DreamBatch
+from rnn.dream import TAU, DreamBatch
 from rnn.twin import RNNTwin
 
 
@@ -45,7 +45,7 @@ class RolloutSpec:
     """Play this fixed policy (env.policies.POLICIES, e.g. the task's random baseline) instead of C; '' = C."""
     env: str = "real"
     """'real': the task's environment; 'dream': M as the environment (rnn/dream.py)."""
-    tau: float = 1.15
+    tau: float = TAU
     """The dream's temperature."""
 
 
@@ -173,9 +173,9 @@ def make_rollouts(spec: RolloutSpec) -> Rollouts | DreamRollouts:
     return DreamRollouts(spec) if spec.env == "dream" else Rollouts(spec)
 
 
-class Worker:
-    """What a worker process holds: the spec's rollouts, and the other env's, built on a job's first request
-    (a dream-trained controller evaluated in the real env)."""
+class JobRunner:
+    """What a worker process (or rank) holds: runs each job in the env it names — the spec's rollouts, and the
+    other env's, built on a job's first request (a dream-trained controller evaluated in the real env)."""
 
     def __init__(self, spec: RolloutSpec):
         self.spec = spec

@@ -211,4 +211,3 @@ def frame_dataset(
     )
     frames = frames.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     return frames.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from env.common.cli import UserError, check_stage_flags, parse_config, run
 from env.common.files import stage_record, write_json
+from env.common.processes import init_worker, stop_processes
 from env.common.rundir import COMPLETE, RECORD, open_output
 from env.episodes import episode_path, write_episode
 from env.policies import make_collection_policy
@@ -89,6 +90,7 @@ def collect_episode(env, task: Task, config: ExtractConfig, index: int, record_d
 
 def _worker(config_dict: dict, record_dir: str, jobs, results) -> None:
     """Worker process: build one env, collect the episode indices it is handed until None."""
+    init_worker()
     config = ExtractConfig(**config_dict)
     task = get_task(config.task)
     env = make_env(task, max_steps=config.max_steps, full_episode=task.collect_full_episode)
@@ -117,7 +119,7 @@ def _collect_parallel(config: ExtractConfig, pending: list[int], record_dir: Pat
         jobs.put(None)
     for w in workers:
         w.start()
-    frames = 0
+    frames, finished = 0, False
     try:
         for _ in pending:
             while True:
@@ -134,11 +136,12 @@ def _collect_parallel(config: ExtractConfig, pending: list[int], record_dir: Pat
                 raise RuntimeError(f"collecting episode {index} failed:\n{payload}")
             frames += payload
             progress(payload)
+        finished = True
     finally:
-        for w in workers:
-            if w.is_alive():
-                w.terminate()
-            w.join()
+        if finished:  # each worker has had its None: it closes its env and exits
+            for w in workers:
+                w.join(timeout=10)
+        stop_processes(workers)
     return frames
 
 
@@ -160,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     pending = [i for i in range(config.episodes) if not episode_path(record_dir, i).exists()]
     if state == COMPLETE and not pending:
-        print(f"[stage 1] {record_dir}: all {config.episodes} episodes already done; nothing to do", flush=True)
+        print(f"[stage 1] {record_dir}: all {config.episodes} already done; nothing to do", flush=True)
         return 0
     write_json(record_dir / RECORD, record)
     print(

@@ -7,6 +7,7 @@ function of `s`, and later seed-less resets continue the same random stream.
 from __future__ import annotations
 
 import os
+import signal
 from typing import Any
 
 import gymnasium
@@ -14,6 +15,7 @@ import numpy as np
 from gymnasium import spaces
 from PIL import Image
 
+from env.common.processes import end_engine, engine_children
 from env.tasks import FRAME_SIZE, Task
 
 OBS_SPACE = spaces.Box(0, 255, (FRAME_SIZE, FRAME_SIZE, 3), np.uint8)
@@ -73,6 +75,29 @@ class CarRacingEnv(gymnasium.Env):
         self._env.close()
 
 
+def _start(game: Any) -> dict[int, str]:
+    """`game.init()` → the VizDoom engine process it started (pid → instance id); if init fails, the engine is ended.
+
+    SIGINT and SIGTERM are blocked meanwhile, and the engine inherits that mask: a signal sent to the whole process
+    group (Ctrl-C, `timeout`) then reaches only the owner, which closes the engine (one hit during init dies, and
+    the owner crashes inside `init()`)."""
+    before = engine_children()
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        game.init()
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        try:
+            game.close()
+        finally:
+            for pid, instance in engine_children().items():
+                if pid not in before:
+                    end_engine(pid, instance, timeout=0.0)
+        raise
+    return {pid: instance for pid, instance in engine_children().items() if pid not in before}
+
+
 class DoomTakeCoverEnv(gymnasium.Env):
     """VizDoom TakeCover as the original ran it: one tic per step, reward 1 per step alive, 2,100-step cap.
 
@@ -100,14 +125,15 @@ class DoomTakeCoverEnv(gymnasium.Env):
         game.set_window_visible(False)
         game.set_sound_enabled(False)
         game.set_mode(vizdoom.Mode.PLAYER)
-        game.init()
+        self._game = game
+        self._engines = _start(game)
         names = [str(b).split(".")[-1] for b in game.get_available_buttons()]
         self._left = [float(n == "MOVE_LEFT") for n in names]
         self._right = [float(n == "MOVE_RIGHT") for n in names]
         self._noop = [0.0] * len(names)
         if sum(self._left) != 1 or sum(self._right) != 1:
+            self.close()
             raise RuntimeError(f"{task.env_id}: expected MOVE_LEFT and MOVE_RIGHT buttons, got {names}")
-        self._game = game
         self.observation_space = OBS_SPACE
         self.action_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
         self.render_mode = "rgb_array"
@@ -147,7 +173,13 @@ class DoomTakeCoverEnv(gymnasium.Env):
         return self._raw
 
     def close(self) -> None:
-        self._game.close()
+        """Close the game, and make sure its engine process is gone (SIGKILLed if `DoomGame.close()` left it)."""
+        try:
+            self._game.close()
+        finally:
+            for pid, instance in self._engines.items():
+                end_engine(pid, instance)
+            self._engines = {}
 
 
 def make_env(task: Task, max_steps: int | None = None, full_episode: bool = False) -> gymnasium.Env:

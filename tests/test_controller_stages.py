@@ -125,7 +125,6 @@ def test_mpirun_np3_killed_and_rerun_gives_the_serial_history(car_run, tmp_path)
     assert probe.stdout.strip().endswith("numpy only")
 
 
-@pytest.mark.slow
 def test_evaluate_plays_heldout_seeds_serially_in_processes_and_under_mpi(car_run, tmp_path):
     out = copy_models(car_run, tmp_path / "eval")
     assert train.main(["--out", str(out), "--task", "carracing", *TINY, "--generations", "2"]) == 0
@@ -153,7 +152,6 @@ def test_evaluate_plays_heldout_seeds_serially_in_processes_and_under_mpi(car_ru
     assert random["policy"].startswith("random") and random["n"] == 3
 
 
-@pytest.mark.slow
 def test_evaluate_skips_a_result_it_already_holds_and_replays_on_any_change(car_run, tmp_path, capsys):
     out = copy_models(car_run, tmp_path / "skip")
     assert train.main(["--out", str(out), "--task", "carracing", *TINY, "--generations", "1"]) == 0
@@ -333,7 +331,6 @@ def test_user_errors_are_one_line_with_exit_2(car_run, tmp_path):
     assert result.returncode == 2 and "trained with another V or M" in result.stderr
 
 
-@pytest.mark.slow
 def test_tau_table_trains_scores_and_reuses_one_controller_per_temperature(tmp_path, capsys):
     from controller.results import tau_table
 

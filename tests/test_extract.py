@@ -160,6 +160,8 @@ def test_doom_keeps_only_episodes_longer_than_100_steps(tmp_path):
         (["--workers", "0"], "--workers must be at least 1"),
         (["--task", "doom", "--max-steps", "100"], "must exceed doom's minimum kept episode length 100"),
         (["--episodes", "lots"], "invalid int value"),
+        (["--seed", "-1"], "--seed must be a non-negative integer below 2\\^32"),
+        (["--seed", str(2**32)], "--seed must be a non-negative integer below 2\\^32"),
     ],
 )
 def test_bad_input_is_a_user_error(tmp_path, flags, message):

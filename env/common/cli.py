@@ -69,16 +69,24 @@ def parse_config(cls: type[C], argv: Sequence[str] | None, description: str = ""
 
 
 def check_stage_flags(config: Any, at_least_one: Sequence[str] = ()) -> None:
-    """The checks every stage makes: `--out` given, and each field in `at_least_one` ≥ 1; else a UserError."""
+    """The checks every stage makes: `--out` given, `--seed` within numpy's [0, 2^32), and each field in
+    `at_least_one` ≥ 1; else a UserError."""
     if not getattr(config, "out", ""):
         raise UserError("--out is required (the run directory)")
+    seed = getattr(config, "seed", 0)
+    if not 0 <= seed < 2**32:
+        raise UserError(f"--seed must be a non-negative integer below 2^32 (numpy's seeding), got {seed}")
     for name in at_least_one:
         if getattr(config, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
 
 
 def run(main: Callable[[Sequence[str] | None], Any]) -> None:
-    """Run a stage's `main` as a program: a UserError becomes one line on stderr and exit status 2."""
+    """Run a stage's `main` as a program: a UserError becomes one line on stderr and exit status 2; Ctrl-C and
+    SIGTERM unwind through the stage's `finally` blocks (closing envs and workers) and exit with 130 and 143."""
+    from env.common.processes import Terminated, exit_on_sigterm
+
+    exit_on_sigterm()
     try:
         code = main(None)
     except UserError as err:
@@ -87,4 +95,7 @@ def run(main: Callable[[Sequence[str] | None], Any]) -> None:
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume", file=sys.stderr)
         sys.exit(130)
+    except Terminated as stop:
+        print("terminated: rerun the same command to resume", file=sys.stderr)
+        sys.exit(stop.code)
     sys.exit(code or 0)
