@@ -20,8 +20,8 @@ import numpy as np
 
 from env.common.cli import UserError, check_stage_flags, parse_config, run
 from env.common.files import atomic_write, stage_record, write_json
-from env.common.rundir import COMPLETE, finished, open_output
-from env.common.training import RESUMABLE_SETTINGS, fit_from, last_logged, restore, standard_callbacks
+from env.common.rundir import RECORD
+from env.common.training import fit_from, last_logged, open_training_output, restore, standard_callbacks
 from env.tasks import Task, get_task
 from rnn.artifacts import MODEL_FILE
 from rnn.data import EpisodeBatches, SeriesSet, StreamBatches
@@ -206,18 +206,8 @@ def main(argv: Sequence[str] | None = None, extra_callbacks: Sequence = ()) -> i
     rnn_dir = out / "rnn"
     inputs = {"episodes": len(series), "frames": int(series.lengths.sum()), "vae": series_fingerprint(series_dir)}
     record = stage_record(config, inputs=inputs)
-    state = open_output(
-        rnn_dir,
-        record,
-        stage="stage 4",
-        restart=config.restart_on_change,
-        resumable=RESUMABLE_SETTINGS,
-        complete=lambda previous: finished(previous) and (rnn_dir / MODEL_FILE).exists(),
-    )
-    if state == COMPLETE:
-        print(f"[stage 4] {rnn_dir} is already trained with these settings; nothing to do", flush=True)
+    if open_training_output(rnn_dir, record, "stage 4", config.restart_on_change, MODEL_FILE):
         return 0
-    write_json(rnn_dir / "config.json", record)
     print(
         f"[stage 4] {task.name}: M (LSTM {task.rnn_units}, z = {task.z_size}) on {len(series)} episodes "
         f"({int(series.lengths.sum())} frames), {task.rnn_batching} of {config.seq_len} frames × "
@@ -289,7 +279,7 @@ def main(argv: Sequence[str] | None = None, extra_callbacks: Sequence = ()) -> i
         "seconds_this_run": round(seconds, 1),
         "sequences_per_second": round(trained * config.batch_size / seconds, 2) if seconds > 0 else 0.0,
     }
-    write_json(rnn_dir / "config.json", {**record, "result": result})
+    write_json(rnn_dir / RECORD, {**record, "result": result})
     print(
         f"[stage 4] done: loss {result['metrics'].get('loss')}; NLL per z element {comparison['nll']} vs "
         f"{comparison['nll_copy_last_z_unit_variance']} for z_t+1 = z_t with unit variance; "

@@ -1,6 +1,5 @@
 """Replicates: run.sh's --seed / --seeds / default --np and run.json, and the across-seed table."""
 
-import hashlib
 import json
 import os
 import signal
@@ -13,28 +12,9 @@ import pytest
 from controller.results import replicates
 from env.common.cli import UserError
 from tests.conftest import ROOT
+from tests.test_report import PARAMS, SHA, evaluation, write
 
 RUN_SH = str(ROOT / "run.sh")
-PARAMS = [0.5, -1.0, 0.25]
-SHA = hashlib.sha256(np.asarray(PARAMS, np.float64).tobytes()).hexdigest()
-
-
-def write(path, value):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(value))
-
-
-def evaluation(task, returns, sha=SHA, **extra):
-    returns = np.asarray(returns, float)
-    return {
-        "settings": {"task": task},
-        "params_sha256": sha,
-        "n": len(returns),
-        "mean": float(returns.mean()),
-        "std": float(returns.std()),
-        "episodes": [{"seed": 1610612736 + k, "return": float(r), "length": 100} for k, r in enumerate(returns)],
-        **extra,
-    }
 
 
 def doom_run(runs, name, seed, real=None, dream=None, random=None, preset="small", task="doom", sha=SHA):

@@ -18,8 +18,8 @@ import numpy as np
 
 from env.common.cli import UserError, check_stage_flags, parse_config, run
 from env.common.files import atomic_write, ensure_dir, stage_record, write_json
-from env.common.rundir import COMPLETE, finished, open_output
-from env.common.training import RESUMABLE_SETTINGS, fit_from, last_logged, restore, standard_callbacks
+from env.common.rundir import RECORD
+from env.common.training import fit_from, last_logged, open_training_output, restore, standard_callbacks
 from env.episodes import frame_dataset, list_episodes, read_episode
 from env.tasks import Task, get_task
 from vae import KL_TOLERANCE
@@ -182,18 +182,8 @@ def main(argv: Sequence[str] | None = None, extra_callbacks: Sequence = ()) -> i
         raise UserError(f"{out / 'record'} holds {frames_recorded} frames, fewer than one batch of {config.batch_size}")
     vae_dir = out / "vae"
     record = stage_record(config, inputs={"episodes": len(paths), "frames": frames_recorded})
-    state = open_output(
-        vae_dir,
-        record,
-        stage="stage 2",
-        restart=config.restart_on_change,
-        resumable=RESUMABLE_SETTINGS,
-        complete=lambda previous: finished(previous) and (vae_dir / MODEL_FILE).exists(),
-    )
-    if state == COMPLETE:
-        print(f"[stage 2] {vae_dir} is already trained with these settings; nothing to do", flush=True)
+    if open_training_output(vae_dir, record, "stage 2", config.restart_on_change, MODEL_FILE):
         return 0
-    write_json(vae_dir / "config.json", record)
     print(
         f"[stage 2] {task.name}: V (z = {task.z_size}) on {frames_recorded} frames of {len(paths)} episodes; "
         f"{config.epochs} epochs × {steps_per_epoch} steps of {config.batch_size} ({config.precision}) → "
@@ -207,7 +197,7 @@ def main(argv: Sequence[str] | None = None, extra_callbacks: Sequence = ()) -> i
     model = result.pop("model")
     save_vae(model, vae_dir, task)
     shutil.rmtree(vae_dir / "checkpoint", ignore_errors=True)
-    write_json(vae_dir / "config.json", {**record, "result": result})
+    write_json(vae_dir / RECORD, {**record, "result": result})
     metrics = result["metrics"]
     print(
         f"[stage 2] done: loss {metrics.get('loss')} (recon {metrics.get('recon')}, KL {metrics.get('kl')}), "

@@ -13,11 +13,30 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from env.common.cli import UserError
-from env.common.files import ensure_dir, temporary_beside
+from env.common.files import ensure_dir, temporary_beside, write_json
+from env.common.rundir import COMPLETE, RECORD, finished, open_output
 
 CHECKPOINT_FILE = "checkpoint/train.weights.h5"
 RESUMABLE_SETTINGS = ("checkpoint_every",)
 """Settings of V's and M's training that may change between a run and its resumption."""
+
+
+def open_training_output(stage_dir: Path, record: dict, stage: str, restart: bool, model_file: str) -> bool:
+    """The run-directory contract for V's or M's directory → True when it already holds the trained model for
+    `record` (said so: nothing to do); else it is new or resumable, and `record` is written to it."""
+    state = open_output(
+        stage_dir,
+        record,
+        stage=stage,
+        restart=restart,
+        resumable=RESUMABLE_SETTINGS,
+        complete=lambda previous: finished(previous) and (stage_dir / model_file).exists(),
+    )
+    if state == COMPLETE:
+        print(f"[{stage}] {stage_dir} is already trained with these settings; nothing to do", flush=True)
+        return True
+    write_json(stage_dir / RECORD, record)
+    return False
 
 
 def save_model(model, path: Path) -> None:
