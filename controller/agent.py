@@ -19,7 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
-from controller.model import Controller, ControllerShape, features
+from controller.model import BatchController, Controller, ControllerShape, features
 from env.policies import controller_to_env_action, make_policy
 from env.tasks import Task
 from rnn.twin import RNNTwin
@@ -81,6 +81,43 @@ class Agent:
                 x.append(np.array([[self.restart]], np.float32))
             self.h, self.c = self.rnn.lstm(np.concatenate(x, axis=1), self.h, self.c)
         self.restart = 0.0
+        return action
+
+
+class BatchAgent:
+    """The agent for a batch of episodes played in lockstep (k candidates' controllers, each episode its own
+    generator): `act(obs, active)` runs V, C and M once for all running episodes. Episode b draws V's ε from
+    default_rng([seeds[b], AGENT_STREAM]), as `Agent` does when it plays that episode alone."""
+
+    def __init__(self, task: Task, shape: ControllerShape, encoder: EncoderTwin, rnn: RNNTwin | None):
+        if shape.uses_m and rnn is None:
+            raise ValueError(f"mode {shape.mode} reads M's state: an RNNTwin is required")
+        self.task, self.shape, self.encoder = task, shape, encoder
+        self.rnn = rnn if shape.uses_m else None
+
+    def reset(self, params: np.ndarray, seeds: np.ndarray, which: np.ndarray) -> None:
+        """Start the batch: episode b plays controller `which[b]` of `params` [k, n_params], seed `seeds[b]`."""
+        self.controllers = BatchController(self.shape, params)
+        self.which = np.asarray(which)
+        self.rngs = [np.random.default_rng([int(s), AGENT_STREAM]) for s in seeds]
+        units = self.rnn.units if self.rnn is not None else 0
+        self.h = np.zeros((len(seeds), units), np.float32)
+        self.c = np.zeros((len(seeds), units), np.float32)
+        self.restart = np.ones((len(seeds), 1), np.float32)
+
+    def act(self, obs: np.ndarray, active: np.ndarray) -> np.ndarray:
+        """obs uint8 [running, 64, 64, 3] of the episodes `active` → env actions float32 [running, action_dim]."""
+        mu, logvar = self.encoder(obs)
+        eps = np.stack([self.rngs[b].standard_normal(mu.shape[1], dtype=np.float32) for b in active])
+        z = mu + np.exp(0.5 * logvar) * eps
+        h, c = self.h[active], self.c[active]
+        action = controller_to_env_action(
+            self.task, self.controllers(features(self.shape, z, h, c), self.which[active])
+        )
+        if self.rnn is not None:
+            x = [z, action] + ([self.restart[active]] if self.rnn.resets else [])
+            self.h[active], self.c[active] = self.rnn.lstm(np.concatenate(x, axis=1), h, c)
+        self.restart[active] = 0.0
         return action
 
 

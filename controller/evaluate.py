@@ -27,13 +27,13 @@ from controller.artifacts import params_sha256, read_params
 from controller.es import TEST_RANGE, heldout_seeds
 from controller.model import controller_shape, default_mode
 from controller.pool import PoolScope, ProcessPool, SerialPool, mpi_world, serve_mpi
-from controller.rollouts import Job, RolloutSpec
+from controller.rollouts import LOCKSTEP_EPISODES, Job, RolloutSpec, in_lockstep
 from controller.train import check_dream, fill_failed, model_fingerprints
 from env.common.cli import UserError, check_stage_flags, parse_config, run
 from env.common.files import atomic_write, ensure_dir, stage_record, write_json
 from env.common.rundir import COMPLETE, open_output
 from env.policies import POLICIES
-from env.tasks import Task, get_task
+from env.tasks import Task, check_backend, get_task, implied_settings
 from env.wrappers import make_env
 from rnn.dream import TAU
 
@@ -88,6 +88,13 @@ class EvaluateConfig:
         default="real", metadata={"help": "'real' env, or M's 'dream' (Doom; written as eval/NAME_dream.json)"}
     )
     tau: float = field(default=TAU, metadata={"help": "the dream's temperature with --env dream"})
+    backend: str = field(
+        default="",
+        metadata={
+            "help": "the real env's engine: car gymnasium or envpool, Doom vizdoom; '' = the task's reference "
+            "(car gymnasium, whatever trained the controller)"
+        },
+    )
     force: bool = field(
         default=False,
         metadata={
@@ -123,7 +130,7 @@ def record_episode(spec: RolloutSpec, params: np.ndarray | None, seed: int, path
     else:
         policy = Agent.load(Path(spec.run_dir), task, controller_shape(task, spec.mode))
         policy.set_params(params)
-    env = make_env(task, max_steps=spec.max_steps)
+    env = make_env(task, max_steps=spec.max_steps, backend=spec.backend)
     frames: list[np.ndarray] = []
     try:
         total, steps = play_episode(env, policy, seed, frames)
@@ -144,6 +151,7 @@ def resolve(config: EvaluateConfig) -> tuple[Task, RolloutSpec, np.ndarray | Non
             f"--seed plus --episodes must stay within [0, {TEST_RANGE}], got {config.seed} + {config.episodes}"
         )
     config.max_steps = config.max_steps or task.max_steps
+    config.backend = check_backend(task, config.backend)
     if config.env not in ("real", "dream"):
         raise UserError(f"--env must be 'real' or 'dream', got {config.env!r}")
     run_dir = Path(config.out)
@@ -164,7 +172,16 @@ def resolve(config: EvaluateConfig) -> tuple[Task, RolloutSpec, np.ndarray | Non
         loaded = {"policy": label}
         if config.env == "dream":
             loaded.update(tau=config.tau, models=model_fingerprints(run_dir, task, needs_m=True))
-        spec = RolloutSpec(str(run_dir), task.name, "", config.max_steps, policy=policy, env=config.env, tau=config.tau)
+        spec = RolloutSpec(
+            str(run_dir),
+            task.name,
+            "",
+            config.max_steps,
+            policy=policy,
+            env=config.env,
+            tau=config.tau,
+            backend=config.backend,
+        )
         return task, spec, None, loaded
     config.name = config.name or default_mode(task)
     params_file = run_dir / "controller" / config.name / "best.json"
@@ -186,7 +203,9 @@ def resolve(config: EvaluateConfig) -> tuple[Task, RolloutSpec, np.ndarray | Non
     }
     if config.env == "dream":
         loaded["tau"] = config.tau
-    spec = RolloutSpec(str(run_dir), task.name, shape.mode, config.max_steps, env=config.env, tau=config.tau)
+    spec = RolloutSpec(
+        str(run_dir), task.name, shape.mode, config.max_steps, env=config.env, tau=config.tau, backend=config.backend
+    )
     return task, spec, params, loaded
 
 
@@ -204,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         gif_path = eval_dir / f"{config.name}.gif"
         state = open_output(
             result_path,
-            stage_record(config, inputs=loaded),
+            stage_record(config, implied=implied_settings(task), inputs=loaded),
             stage="stage 6",
             restart=True,
             force=config.force,
@@ -230,6 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         job_params = None if params is None else params[None]
         if config.env == "dream":
             chunks = [c for c in np.array_split(seeds, pool.workers) if len(c)]
+        elif in_lockstep(config.env, config.backend):
+            chunks = [seeds[i : i + LOCKSTEP_EPISODES] for i in range(0, len(seeds), LOCKSTEP_EPISODES)]
         else:
             chunks = [seeds[i : i + 1] for i in range(len(seeds))]
         results = pool.map([Job(job_params, chunk[None]) for chunk in chunks])
@@ -256,13 +277,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if config.gif:
             total, steps = record_episode(spec, params, int(seeds[0]), gif_path)
             summary["gif"] = {"file": str(gif_path), "seed": int(seeds[0]), "return": total, "length": steps}
-        write_json(result_path, {**stage_record(config, inputs=loaded), **summary})
+        write_json(result_path, {**stage_record(config, implied=implied_settings(task), inputs=loaded), **summary})
         failures = (
             f", {summary['failed_episodes']} episodes crashed twice and count at the worst return"
             if failed.any()
             else ""
         )
-        where = f" in the dream (τ = {config.tau:g})" if config.env == "dream" else ""
+        where = f" in the dream (τ = {config.tau:g})" if config.env == "dream" else f" on {config.backend}"
         print(
             f"[stage 6] {task.name} {config.name}{where}: {mean:.1f} ± {std:.1f} (n={n}){failures}; "
             f"{seconds:.0f} s → {result_path}",

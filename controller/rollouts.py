@@ -3,8 +3,9 @@
 A job is a block of candidates (float64 parameter vectors) with the env seeds of their episodes;
 its result holds every episode's return and length. A worker builds its environment and agent once
 from a `RolloutSpec` (plain data, cheap to send), reading the exported V and M weights from disk.
-In the real env (`Rollouts`) the episodes are played one after another; in M's dream
-(`DreamRollouts`) all of a job's episodes are stepped together as one numpy batch.
+On envpool's CarRacing (`LockstepRollouts`) and in M's dream (`DreamRollouts`) all of a job's
+episodes are stepped together, with V, M and C batched across them; on gymnasium and VizDoom
+(`Rollouts`) the episodes are played one after another.
 
 An exception inside an episode (an env crash) does not stop the run: the worker logs it, rebuilds
 its env and plays the episode again; a second failure scores the episode as failed (return NaN,
@@ -23,13 +24,18 @@ from pathlib import Path
 
 import numpy as np
 
-from controller.agent import AGENT_STREAM, Agent, FixedPolicy, Policy, play_episode
+from controller.agent import AGENT_STREAM, Agent, BatchAgent, FixedPolicy, Policy, play_episode
 from controller.model import BatchController, controller_shape, features
 from env.policies import controller_to_env_action, make_policy
-from env.tasks import get_task
-from env.wrappers import make_env
+from env.tasks import check_backend, get_task
+from env.wrappers import CarRacingBatch, make_env
 from rnn.dream import TAU, DreamBatch
 from rnn.twin import RNNTwin
+from vae.twin import EncoderTwin
+
+LOCKSTEP_EPISODES = 16
+"""Episodes per lockstep job: a fixed size, so that a job's batch, and with it every float it rounds, does not
+depend on the number of workers."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,8 @@ class RolloutSpec:
     """'real': the task's environment; 'dream': M as the environment (rnn/dream.py)."""
     tau: float = TAU
     """The dream's temperature."""
+    backend: str = ""
+    """The engine of the real env (env.wrappers.ENVS); '' = the task's scoring backend."""
 
 
 @dataclass
@@ -91,7 +99,7 @@ class Rollouts:
 
     def _env(self):
         if self.env is None:
-            self.env = make_env(self.task, max_steps=self.spec.max_steps)
+            self.env = make_env(self.task, max_steps=self.spec.max_steps, backend=self.spec.backend)
         return self.env
 
     def _rebuild_env(self) -> None:
@@ -135,6 +143,70 @@ class Rollouts:
         self._rebuild_env()
 
 
+class LockstepRollouts:
+    """A worker's agent; `run(job)` plays all of a job's real episodes together on envpool's CarRacing: one
+    batched env step, V, C and M call per step for every running episode (`BatchAgent`). Each episode plays
+    as it would alone, from its own seed and generators (up to float rounding, which depends on the batch's
+    size). An exception plays the whole job once more; a second one scores its episodes as failed."""
+
+    def __init__(self, spec: RolloutSpec):
+        self.spec = spec
+        self.task = get_task(spec.task)
+        self.agent = None
+        if not spec.policy:
+            shape = controller_shape(self.task, spec.mode)
+            run_dir = Path(spec.run_dir)
+            rnn = RNNTwin.load(run_dir / "rnn", self.task) if shape.uses_m else None
+            self.agent = BatchAgent(self.task, shape, EncoderTwin.load(run_dir / "vae", self.task), rnn)
+
+    def play(self, job: Job) -> tuple[np.ndarray, np.ndarray]:
+        """Every (candidate, seed) episode of `job` → (returns float64 [k, E], lengths int64 [k, E])."""
+        seeds = np.asarray(job.seeds, dtype=np.int64)
+        flat = seeds.reshape(-1)
+        batch = CarRacingBatch(self.task, flat, self.spec.max_steps)
+        try:
+            obs = batch.reset()
+            if self.agent is not None:
+                self.agent.reset(job.params, flat, np.repeat(np.arange(seeds.shape[0]), seeds.shape[1]))
+            else:
+                policies = [
+                    make_policy(self.spec.policy, self.task, np.random.default_rng([int(s), AGENT_STREAM]))
+                    for s in flat
+                ]
+            returns = np.zeros(len(flat), np.float64)
+            lengths = np.zeros(len(flat), np.int64)
+            while len(batch.active):
+                active = batch.active
+                if self.agent is not None:
+                    action = self.agent.act(obs, active)
+                else:
+                    action = np.stack([policies[b](int(lengths[b])) for b in active])
+                obs, reward, terminated, truncated = batch.step(action)
+                returns[active] += reward
+                lengths[active] += 1
+                obs = obs[~(terminated | truncated)]
+        finally:
+            batch.close()
+        return returns.reshape(seeds.shape), lengths.reshape(seeds.shape)
+
+    def run(self, job: Job) -> JobResult:
+        for attempt in (1, 2):
+            try:
+                return JobResult(*self.play(job), [], peak_rss_mb())
+            except Exception as err:
+                why = f"job of {np.size(job.seeds)} episodes: {type(err).__name__}: {err}"
+                if attempt == 1:
+                    print(f"warning: {why}; playing it again", file=sys.stderr, flush=True)
+                else:
+                    print(f"warning: {why} again; its episodes scored as failed", file=sys.stderr, flush=True)
+                    nan = np.full(np.shape(job.seeds), np.nan)
+                    return JobResult(nan, np.zeros(np.shape(job.seeds), np.int64), [why], peak_rss_mb())
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        """Nothing to release: each job's envs close when it ends."""
+
+
 class DreamRollouts:
     """A worker's M; `run(job)` plays all of a job's episodes in M's dream as one vectorised batch."""
 
@@ -168,9 +240,18 @@ class DreamRollouts:
         """Nothing to release: the dream holds no env."""
 
 
-def make_rollouts(spec: RolloutSpec) -> Rollouts | DreamRollouts:
-    """Real-env episodes one by one, or dream episodes as one batch, as `spec.env` says."""
-    return DreamRollouts(spec) if spec.env == "dream" else Rollouts(spec)
+def in_lockstep(env: str, backend: str) -> bool:
+    """Whether episodes in `env` ('real' or 'dream') on the resolved `backend` are played in lockstep (envpool)."""
+    return env == "real" and backend == "envpool"
+
+
+def make_rollouts(spec: RolloutSpec) -> Rollouts | LockstepRollouts | DreamRollouts:
+    """Dream episodes as one batch, envpool's episodes in lockstep, or other real-env episodes one by one."""
+    if spec.env == "dream":
+        return DreamRollouts(spec)
+    if in_lockstep(spec.env, check_backend(get_task(spec.task), spec.backend)):
+        return LockstepRollouts(spec)
+    return Rollouts(spec)
 
 
 class JobRunner:

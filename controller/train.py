@@ -29,11 +29,11 @@ from controller.artifacts import write_params
 from controller.es import CMAES, SearchState, selection_seeds, training_seeds
 from controller.model import ControllerShape, controller_shape
 from controller.pool import PoolScope, SerialPool, mpi_world, serve_mpi
-from controller.rollouts import Job, JobResult, RolloutSpec
+from controller.rollouts import LOCKSTEP_EPISODES, Job, JobResult, RolloutSpec, in_lockstep
 from env.common.cli import UserError, check_stage_flags, parse_config, run
 from env.common.files import atomic_write, stage_record, write_json
 from env.common.rundir import NEW, RECORD, open_output
-from env.tasks import Task, get_task
+from env.tasks import Task, check_backend, get_task, implied_settings
 from rnn.artifacts import fingerprint as rnn_fingerprint
 from rnn.artifacts import load_weights as load_rnn_weights
 from rnn.dream import TAU
@@ -84,6 +84,12 @@ class TrainConfig:
         },
     )
     tau: float = field(default=TAU, metadata={"help": "the dream's temperature (the paper's Doom agent: 1.15)"})
+    backend: str = field(
+        default="",
+        metadata={
+            "help": "the real env's engine: car gymnasium or envpool, Doom vizdoom; '' = the task's (car envpool)"
+        },
+    )
     eval_env: str = field(
         default="",
         metadata={
@@ -126,17 +132,22 @@ def collect(results: Sequence[JobResult]) -> tuple[np.ndarray, np.ndarray, int]:
     return returns, lengths, failures
 
 
-def split_jobs(params: np.ndarray, seeds: np.ndarray, env: str, workers: int) -> list[Job]:
-    """Candidates params [k, P] with seeds [k, E] → jobs: one per candidate in the real env (episodes are
-    played one by one anyway); in the dream one per worker, each a vectorised batch of its share."""
+def split_jobs(params: np.ndarray, seeds: np.ndarray, env: str, workers: int, lockstep: bool = False) -> list[Job]:
+    """Candidates params [k, P] with seeds [k, E] → jobs: in the dream one per worker, each a vectorised batch of
+    its share; in lockstep (envpool) blocks of whole candidates of about LOCKSTEP_EPISODES episodes, whatever the
+    number of workers; otherwise one per candidate (its episodes are played one by one anyway)."""
     if env == "dream":
         return [Job(params[i], seeds[i], env) for i in np.array_split(np.arange(len(params)), workers) if len(i)]
-    return [Job(params[i : i + 1], seeds[i : i + 1], env) for i in range(len(params))]
+    per = max(1, LOCKSTEP_EPISODES // seeds.shape[1]) if lockstep else 1
+    return [Job(params[i : i + per], seeds[i : i + per], env) for i in range(0, len(params), per)]
 
 
-def evaluate_mean(pool, params: np.ndarray, episodes: int, per_job: int, env: str) -> np.ndarray:
+def evaluate_mean(
+    pool, params: np.ndarray, episodes: int, per_job: int, env: str, lockstep: bool = False
+) -> np.ndarray:
     """The distribution mean's returns on the fixed selection seeds → float64 [episodes]."""
     seeds = selection_seeds(episodes)
+    per_job = LOCKSTEP_EPISODES if lockstep else per_job
     parts = pool.workers if env == "dream" else max(1, -(-episodes // per_job))
     chunks = [c for c in np.array_split(seeds, parts) if len(c)]
     results = pool.map([Job(params[None], chunk[None], env) for chunk in chunks])
@@ -271,21 +282,30 @@ def train(
 ) -> SearchState:
     """Run generations until `config.generations`, writing every file and the checkpoint after each."""
     last_plot = 0.0
-    where = f"in M's dream, τ = {config.tau:g}" if config.env == "dream" else "in the real env"
+    where = f"in M's dream, τ = {config.tau:g}" if config.env == "dream" else f"in the real env ({config.backend})"
     title = f"{config.task} {shape.mode} controller {where}, CMA-ES {config.popsize} x {config.num_episode} episodes"
     while state.generation < config.generations:
         start = time.perf_counter()
         generation = state.generation + 1
         solutions = state.es.ask()
         seeds = training_seeds(config.seed, generation, config.popsize, config.num_episode, config.antithetic)
-        results = pool.map(split_jobs(solutions, seeds, config.env, pool.workers))
+        results = pool.map(
+            split_jobs(solutions, seeds, config.env, pool.workers, in_lockstep(config.env, config.backend))
+        )
         returns, lengths, failures = collect(results)
         worker_rss = max(r.peak_rss_mb for r in results)
         fitness = returns.mean(axis=1)
         state.es.tell(fitness)
         if generation % config.eval_every == 0 or generation == config.generations:
             mean = state.es.mean
-            eval_returns = evaluate_mean(pool, mean, config.eval_episodes, config.num_episode, config.eval_env)
+            eval_returns = evaluate_mean(
+                pool,
+                mean,
+                config.eval_episodes,
+                config.num_episode,
+                config.eval_env,
+                in_lockstep(config.eval_env, config.backend),
+            )
             evaluation = {
                 "generation": generation,
                 "mean": float(eval_returns.mean()),
@@ -336,6 +356,7 @@ def prepare(config: TrainConfig) -> tuple[Task, ControllerShape, Path, SearchSta
     config.name = config.name or shape.mode
     config.max_steps = config.max_steps or task.max_steps
     config.env = config.env or task.controller_trained_in
+    config.backend = check_backend(task, config.backend, task.training_backend)
     config.eval_env = config.eval_env or config.env
     for flag, value in (("env", config.env), ("eval-env", config.eval_env)):
         if value not in ("real", "dream"):
@@ -347,7 +368,7 @@ def prepare(config: TrainConfig) -> tuple[Task, ControllerShape, Path, SearchSta
     if "dream" in (config.env, config.eval_env):
         check_dream(run_dir, task)
     out_dir = run_dir / "controller" / config.name
-    record = stage_record(config, inputs=models, n_params=shape.n_params)
+    record = stage_record(config, implied=implied_settings(task), inputs=models, n_params=shape.n_params)
     status = open_output(
         out_dir,
         record,
@@ -371,7 +392,9 @@ def prepare(config: TrainConfig) -> tuple[Task, ControllerShape, Path, SearchSta
             seed=config.seed,
         )
         state = SearchState(0, es, [], [], None, 0.0, dataclasses.asdict(config), models)
-    spec = RolloutSpec(str(run_dir), task.name, shape.mode, config.max_steps, env=config.env, tau=config.tau)
+    spec = RolloutSpec(
+        str(run_dir), task.name, shape.mode, config.max_steps, env=config.env, tau=config.tau, backend=config.backend
+    )
     return task, shape, out_dir, state, spec
 
 
@@ -390,9 +413,14 @@ def main(argv: Sequence[str] | None = None, on_generation: Callable[[SearchState
                 flush=True,
             )
             return 0
-        write_json(out_dir / RECORD, stage_record(config, inputs=state.models, n_params=shape.n_params))
+        write_json(
+            out_dir / RECORD,
+            stage_record(config, implied=implied_settings(task), inputs=state.models, n_params=shape.n_params),
+        )
         pool = scope.open(spec, SerialPool)
-        where = f"in M's dream at τ = {config.tau:g}" if config.env == "dream" else "in the real env"
+        where = (
+            f"in M's dream at τ = {config.tau:g}" if config.env == "dream" else f"in the real env ({config.backend})"
+        )
         print(
             f"[stage 5] {task.name}: {shape.mode} controller ({shape.n_params:,} params) {where}, CMA-ES population "
             f"{config.popsize} x {config.num_episode} episodes, generations {state.generation + 1}.."
@@ -405,6 +433,7 @@ def main(argv: Sequence[str] | None = None, on_generation: Callable[[SearchState
             out_dir / RECORD,
             stage_record(
                 config,
+                implied=implied_settings(task),
                 inputs=state.models,
                 n_params=shape.n_params,
                 result={

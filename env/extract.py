@@ -24,8 +24,8 @@ from env.common.processes import init_worker, stop_processes
 from env.common.rundir import COMPLETE, RECORD, open_output
 from env.episodes import episode_path, write_episode
 from env.policies import make_collection_policy
-from env.tasks import Task, get_task
-from env.wrappers import make_env
+from env.tasks import Task, check_backend, get_task, implied_settings
+from env.wrappers import FULL_EPISODE_BACKENDS, make_env
 
 MAX_ATTEMPTS = 100
 """Tries per episode slot to draw an episode longer than the task's minimum length."""
@@ -46,6 +46,12 @@ class ExtractConfig:
     )
     workers: int = field(default=os.cpu_count() or 1, metadata={"help": "collection processes"})
     seed: int = field(default=0, metadata={"help": "episode i is a function of (seed, i)"})
+    backend: str = field(
+        default="",
+        metadata={
+            "help": "the engine that plays: car gymnasium or envpool, Doom vizdoom; '' = the task's (car envpool)"
+        },
+    )
     restart_on_change: bool = field(
         default=False,
         metadata={
@@ -93,7 +99,7 @@ def _worker(config_dict: dict, record_dir: str, jobs, results) -> None:
     init_worker()
     config = ExtractConfig(**config_dict)
     task = get_task(config.task)
-    env = make_env(task, max_steps=config.max_steps, full_episode=task.collect_full_episode)
+    env = make_env(task, max_steps=config.max_steps, full_episode=task.collect_full_episode, backend=config.backend)
     try:
         while (index := jobs.get()) is not None:
             try:
@@ -151,13 +157,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_stage_flags(config, ("episodes", "workers"))
     if config.max_steps == 0:
         config.max_steps = task.max_steps
+    config.backend = check_backend(task, config.backend)
+    if task.collect_full_episode and config.backend not in FULL_EPISODE_BACKENDS:
+        raise UserError(
+            f"stage 1 plays {task.name} episodes on past the env's termination to the step cap, as the original; "
+            f"{config.backend} ends an episode there: use --backend {' or '.join(FULL_EPISODE_BACKENDS)}"
+        )
     if config.max_steps <= task.min_episode_length:
         raise UserError(
             f"--max-steps must exceed {task.name}'s minimum kept episode length "
             f"{task.min_episode_length}, got {config.max_steps}"
         )
     record_dir = Path(config.out) / "record"
-    record = stage_record(config)
+    record = stage_record(config, implied=implied_settings(task))
     state = open_output(
         record_dir, record, stage="stage 1", restart=config.restart_on_change, resumable=RESUMABLE_SETTINGS
     )
@@ -183,7 +195,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         if pending and config.workers == 1:
-            env = make_env(task, max_steps=config.max_steps, full_episode=task.collect_full_episode)
+            env = make_env(
+                task, max_steps=config.max_steps, full_episode=task.collect_full_episode, backend=config.backend
+            )
             try:
                 for index in pending:
                     progress(collect_episode(env, task, config, index, record_dir))
@@ -199,6 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         record_dir / RECORD,
         stage_record(
             config,
+            implied=implied_settings(task),
             result={
                 "episodes": config.episodes,
                 "new_frames": frames,

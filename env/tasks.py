@@ -73,6 +73,17 @@ class Task:
     """The car controller has a bias; the Doom one has none."""
     controller_trained_in: str
     """Where stage 5 trains C by default: 'real' env (car) or M's 'dream' (Doom)."""
+    backends: tuple[str, ...]
+    """The engines that play the task (env.wrappers.ENVS); the first is the reference that stage 6 scores on."""
+    training_backend: str
+    """The engine of stage 5's real-env rollouts unless `--backend` says otherwise (car: envpool, about 10×
+    faster). Stage 1 plays the reference: the car's data collection plays on past a termination, as the
+    original's did, and only gymnasium can."""
+
+    @property
+    def scoring_backend(self) -> str:
+        """The engine stage 6 scores on unless `--backend` says otherwise: the reference."""
+        return self.backends[0]
 
 
 TASKS: dict[str, Task] = {
@@ -103,6 +114,8 @@ TASKS: dict[str, Task] = {
         controller_features=("z", "h"),
         controller_bias=True,
         controller_trained_in="real",
+        backends=("gymnasium", "envpool"),
+        training_backend="envpool",
     ),
     "doom": Task(
         name="doom",
@@ -131,6 +144,8 @@ TASKS: dict[str, Task] = {
         controller_features=("z", "c", "h"),
         controller_bias=False,
         controller_trained_in="dream",
+        backends=("vizdoom",),
+        training_backend="vizdoom",
     ),
 }
 
@@ -141,3 +156,17 @@ def get_task(name: str) -> Task:
         return TASKS[name]
     except KeyError:
         raise UserError(f"unknown task {name!r}; choose one of: {', '.join(TASKS)}") from None
+
+
+def check_backend(task: Task, backend: str, default: str = "") -> str:
+    """`backend`, or `default`, or the task's scoring backend when both are ''; a UserError if the task has
+    no such backend."""
+    backend = backend or default or task.scoring_backend
+    if backend not in task.backends:
+        raise UserError(f"{task.name} is played by {' or '.join(task.backends)}, not {backend!r}")
+    return backend
+
+
+def implied_settings(task: Task) -> dict[str, str]:
+    """What a stage record written before `--backend` existed implies: the task's reference engine."""
+    return {"backend": task.scoring_backend}

@@ -1,13 +1,18 @@
-"""Gymnasium environments for both tasks, yielding V's 64×64×3 uint8 frames (ORIGINAL.md §2.1, §6.3, §8).
+"""The real environments of both tasks, yielding V's 64×64×3 uint8 frames (ORIGINAL.md §2.1, §6.3, §8).
 
-Both are headless (no X server) and seedable: `reset(seed=s)` makes the episode a deterministic
-function of `s`, and later seed-less resets continue the same random stream.
+Each task is played by one or more backends (the task table's `backends`): CarRacing by gymnasium's
+`CarRacing-v3` (Python, the reference our scores are measured on) or by envpool's C++ port of it
+(about 10× faster, for training rollouts); Doom by VizDoom. All are headless (no X server) and
+seedable: `reset(seed=s)` makes the episode a deterministic function of `s` (both car backends derive
+their track seed from `s` the same way, though their track generators differ), and later seed-less
+resets continue the same random stream. `CarRacingBatch` steps many envpool episodes together.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import warnings
 from typing import Any
 
 import gymnasium
@@ -16,7 +21,7 @@ from gymnasium import spaces
 from PIL import Image
 
 from env.common.processes import end_engine, engine_children
-from env.tasks import FRAME_SIZE, Task
+from env.tasks import FRAME_SIZE, Task, check_backend
 
 OBS_SPACE = spaces.Box(0, 255, (FRAME_SIZE, FRAME_SIZE, 3), np.uint8)
 DOOM_THRESHOLD = 1.0 / 3.0
@@ -29,6 +34,19 @@ def process_frame(frame: np.ndarray, crop_rows: tuple[int, int]) -> np.ndarray:
     cropped = np.ascontiguousarray(frame[start:stop])
     image = Image.fromarray(cropped).resize((FRAME_SIZE, FRAME_SIZE), Image.BILINEAR)
     return np.asarray(image, dtype=np.uint8)
+
+
+def process_frames(frames: np.ndarray, crop_rows: tuple[int, int]) -> np.ndarray:
+    """frames: uint8 [B, H, W, 3] → uint8 [B, 64, 64, 3], each as `process_frame`."""
+    out = np.empty((len(frames), FRAME_SIZE, FRAME_SIZE, 3), np.uint8)
+    for i, frame in enumerate(frames):
+        out[i] = process_frame(frame, crop_rows)
+    return out
+
+
+def track_seed(rng: np.random.Generator) -> int:
+    """The car's track seed for an episode, drawn from the episode's generator (default_rng(s) for seed s)."""
+    return int(rng.integers(2**31 - 1))
 
 
 class CarRacingEnv(gymnasium.Env):
@@ -53,7 +71,7 @@ class CarRacingEnv(gymnasium.Env):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
-        raw, info = self._env.reset(seed=int(self.np_random.integers(2**31 - 1)), options=options)
+        raw, info = self._env.reset(seed=track_seed(self.np_random), options=options)
         self._raw, self._t = raw, 0
         return process_frame(raw, self.task.crop_rows), info
 
@@ -182,7 +200,114 @@ class DoomTakeCoverEnv(gymnasium.Env):
             self._engines = {}
 
 
-def make_env(task: Task, max_steps: int | None = None, full_episode: bool = False) -> gymnasium.Env:
-    """The real environment for `task` (its episode cap, or `max_steps` if given)."""
-    cls = {"carracing": CarRacingEnv, "doom": DoomTakeCoverEnv}[task.name]
-    return cls(task, max_steps=max_steps, full_episode=full_episode)
+def envpool_car(task: Task, track_seeds: list[int], max_steps: int):
+    """envpool's CarRacing-v3, one env per track seed, stepped in this thread's call (one worker thread)."""
+    import envpool
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # gymnasium's Box precision notes on envpool's float64 bounds
+        return envpool.make_gymnasium(
+            task.env_id,
+            num_envs=len(track_seeds),
+            batch_size=len(track_seeds),
+            num_threads=1,
+            seed=0,
+            env_seed=[int(s) for s in track_seeds],
+            max_episode_steps=max_steps,
+        )
+
+
+class CarRacingBatch:
+    """Episodes of envpool's CarRacing-v3 stepped in lockstep: episode i on the track of its seed `seeds[i]`
+    (derived as `reset(seed=seeds[i])` derives it; or `tracks[i]` given), all stepped by one call; finished
+    episodes leave the batch.
+
+    `reset()` → frames uint8 [B, 64, 64, 3]; `step(actions [running, 3])` → (frames, rewards, terminated,
+    truncated) of the running episodes, in `active` order before the step; then `active` drops those that
+    ended.
+    """
+
+    def __init__(self, task: Task, seeds, max_steps: int | None = None, tracks: list[int] | None = None):
+        self.task = task
+        self.max_steps = task.max_steps if max_steps is None else max_steps
+        self.seeds = np.asarray(seeds, np.int64).reshape(-1)
+        if tracks is None:
+            tracks = [track_seed(np.random.default_rng(int(s))) for s in self.seeds]
+        self._pool = envpool_car(task, tracks, self.max_steps)
+        self.active = np.arange(len(self.seeds))
+        self.raw: np.ndarray | None = None
+
+    def reset(self) -> np.ndarray:
+        raw, _ = self._pool.reset()
+        self.raw, self.active = raw, np.arange(len(self.seeds))
+        return process_frames(raw, self.task.crop_rows)
+
+    def step(self, actions: np.ndarray):
+        actions = np.asarray(actions, np.float32).reshape(len(self.active), -1)
+        raw, reward, terminated, truncated, info = self._pool.step(actions, self.active)
+        order = np.argsort(np.argsort(self.active))  # envpool answers in env-id order
+        position = np.argsort(info["env_id"])[order]
+        raw, reward = raw[position], reward[position].astype(np.float64)
+        terminated, truncated = terminated[position].astype(bool), truncated[position].astype(bool)
+        self.raw = raw
+        self.active = self.active[~(terminated | truncated)]
+        return process_frames(raw, self.task.crop_rows), reward, terminated, truncated
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+class EnvpoolCarRacingEnv(gymnasium.Env):
+    """envpool's CarRacing-v3 (C++), one episode at a time, with `CarRacingEnv`'s contract: the same crop and
+    resize, action mapping, step cap and seeding. It has no `full_episode` mode: envpool resets an env once it
+    terminates (off the playfield, which about half of the random data-collection episodes reach), so it
+    cannot play on to the cap as stage 1 does."""
+
+    metadata = {"render_modes": ["rgb_array"]}
+
+    def __init__(self, task: Task, max_steps: int | None = None, full_episode: bool = False):
+        if full_episode:
+            raise ValueError("envpool ends an episode where the env terminates; full_episode is not supported")
+        self.task = task
+        self.max_steps = task.max_steps if max_steps is None else max_steps
+        self.observation_space = OBS_SPACE
+        self.action_space = spaces.Box(np.array([-1, 0, 0], np.float32), np.array([1, 1, 1], np.float32))
+        self.render_mode = "rgb_array"
+        self._batch: CarRacingBatch | None = None
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        self.close()
+        self._batch = CarRacingBatch(self.task, [0], self.max_steps, tracks=[track_seed(self.np_random)])
+        return self._batch.reset()[0], {}
+
+    def step(self, action):
+        if self._batch is None or not len(self._batch.active):
+            raise RuntimeError("step() after the episode ended: call reset()")
+        obs, reward, terminated, truncated = self._batch.step(np.asarray(action, np.float32)[None])
+        return obs[0], float(reward[0]), bool(terminated[0]), bool(truncated[0]), {}
+
+    def render(self) -> np.ndarray | None:
+        """The last full 96×96 state-pixel frame."""
+        return None if self._batch is None else self._batch.raw[0]
+
+    def close(self) -> None:
+        if self._batch is not None:
+            self._batch.close()
+            self._batch = None
+
+
+ENVS: dict[str, type[gymnasium.Env]] = {
+    "gymnasium": CarRacingEnv,
+    "envpool": EnvpoolCarRacingEnv,
+    "vizdoom": DoomTakeCoverEnv,
+}
+"""Backend name → the env class that plays it one episode at a time."""
+FULL_EPISODE_BACKENDS = ("gymnasium",)
+"""The car backends that play on past the env's termination (`full_episode`), as stage 1 does."""
+
+
+def make_env(task: Task, max_steps: int | None = None, full_episode: bool = False, backend: str = "") -> gymnasium.Env:
+    """The real environment for `task` (its episode cap, or `max_steps` if given) on `backend` ('' = the
+    task's scoring backend)."""
+    return ENVS[check_backend(task, backend)](task, max_steps=max_steps, full_episode=full_episode)

@@ -225,8 +225,8 @@ def test_a_crashing_episode_is_retried_once_then_scored_failed(car_run, monkeypa
     monkeypatch.setattr(
         rollouts,
         "make_env",
-        lambda task, max_steps: CrashingEnv(
-            real_make_env(task, max_steps=max_steps), {11: "once", 12: "always"}, attempts
+        lambda task, max_steps, backend: CrashingEnv(
+            real_make_env(task, max_steps=max_steps, backend=backend), {11: "once", 12: "always"}, attempts
         ),
     )
     result = rollouts.Rollouts(spec).run(rollouts.Job(params, np.array([[11, 12, 13]])))
@@ -249,9 +249,12 @@ def test_training_continues_past_a_failed_episode(car_run, tmp_path, monkeypatch
     monkeypatch.setattr(
         rollouts,
         "make_env",
-        lambda task, max_steps: CrashingEnv(real_make_env(task, max_steps=max_steps), {int(seeds[0, 0]): "always"}, {}),
+        lambda task, max_steps, backend: CrashingEnv(
+            real_make_env(task, max_steps=max_steps, backend=backend), {int(seeds[0, 0]): "always"}, {}
+        ),
     )
-    assert train.main(["--out", str(out), "--task", "carracing", *TINY, "--generations", "2"]) == 0
+    args = ["--out", str(out), "--task", "carracing", *TINY, "--generations", "2", "--backend", "gymnasium"]
+    assert train.main(args) == 0
     rows = history(out)
     assert [r["failed_episodes"] for r in rows] == [2, 0]  # the seed is shared by candidates 0 and 2
     assert "2 FAILED episodes" in capsys.readouterr().out

@@ -49,7 +49,7 @@ PRESETS: dict[str, dict[str, dict[str, dict[str, object]]]] = {
             "extract": {"episodes": 32},
             "vae": {"epochs": 3},
             "rnn": {"steps": 200, "batch_size": 25},
-            "controller": {"popsize": 16, "num_episode": 2, "generations": 6, "eval_every": 3, "eval_episodes": 16},
+            "controller": {"popsize": 16, "num_episode": 4, "generations": 30, "eval_every": 10, "eval_episodes": 32},
         },
         "doom": {
             "extract": {"episodes": 400},

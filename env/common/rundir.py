@@ -41,9 +41,11 @@ def finished(previous: dict[str, Any]) -> bool:
 
 def changes(previous: dict[str, Any], record: dict[str, Any], resumable: Sequence[str] = ()) -> list[str]:
     """What differs between two records, as 'name=old (now new)', ignoring `resumable` settings and a setting the
-    earlier record lacks (a flag added since) that is at its default now."""
+    earlier record lacks (a flag added since) that is at its default now. A record's `implied` settings say what
+    such a setting was before its flag existed (the car's engine: gymnasium) when that differs from its default."""
     ignored = set(resumable) | set(ALWAYS_RESUMABLE)
-    before, now, defaults = previous.get("settings", {}), record.get("settings", {}), record.get("defaults", {})
+    before = {**record.get("implied", {}), **previous.get("settings", {})}
+    now, defaults = record.get("settings", {}), record.get("defaults", {})
     ignored |= {k for k in now if k not in before and k in defaults and now[k] == defaults[k]}
     found = [
         f"--{k.replace('_', '-')}={before.get(k)!r} (now {now.get(k)!r})"
