@@ -14,6 +14,9 @@ DONE = {**RECORD, "result": {"loss": 1.0}}
 RESUMABLE = {"resumable": ("checkpoint_every",)}
 NEW_FLAG = {**RECORD, "settings": {**RECORD["settings"], "policy": ""}, "defaults": {"policy": ""}}
 NEW_FLAG_SET = {**NEW_FLAG, "settings": {**NEW_FLAG["settings"], "policy": "left"}}
+ENGINE = {**RECORD, "settings": {**RECORD["settings"], "backend": "envpool"}, "defaults": {"backend": ""}}
+ENGINE_IMPLIED = {**ENGINE, "implied": {"backend": "gymnasium"}}
+ENGINE_AS_BEFORE = {**ENGINE_IMPLIED, "settings": {**RECORD["settings"], "backend": "gymnasium"}}
 
 
 def settings(**changed):
@@ -46,6 +49,15 @@ CASES = [
     ("a custom completeness test", DONE, RECORD, {"complete": lambda previous: False}, RESUME, []),
     ("a flag added since, at its default", DONE, NEW_FLAG, {}, COMPLETE, []),
     ("a flag added since, not at its default", DONE, NEW_FLAG_SET, {}, ("refused", "--policy=None (now 'left')"), []),
+    ("a flag added since, what it was implied", DONE, ENGINE_AS_BEFORE, {}, COMPLETE, []),
+    (
+        "a flag added since, not what it was",
+        DONE,
+        ENGINE_IMPLIED,
+        {},
+        ("refused", "--backend='gymnasium' (now 'envpool')"),
+        [],
+    ),
 ]
 
 

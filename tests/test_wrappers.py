@@ -1,4 +1,5 @@
-"""Both environments: gymnasium API conformance, seeding, frame crop/resize, Doom's action mapping."""
+"""Both tasks' environments, the car's on both backends: gymnasium API conformance, seeding, frame crop/resize,
+Doom's action mapping."""
 
 import numpy as np
 import pytest
@@ -11,9 +12,9 @@ CAR = get_task("carracing")
 DOOM = get_task("doom")
 
 
-@pytest.fixture(scope="module")
-def car_env():
-    env = make_env(CAR, max_steps=40)
+@pytest.fixture(scope="module", params=CAR.backends)
+def car_env(request):
+    env = make_env(CAR, max_steps=40, backend=request.param)
     yield env
     env.close()
 

@@ -1,5 +1,5 @@
 """Rollout speed and memory: the bare env vs the full agent (V twin + M twin + C), and a CMA-ES generation
-with 1 and 2 MPI workers.
+with 1 and 2 MPI workers (gymnasium, one episode at a time; bench_backends.py times envpool in lockstep).
 
 Run with `./run.sh bench` (or `python tests/benchmarks/bench_controller.py [--quick]`). Prints one table.
 V and M are untrained (their cost does not depend on the weights' values). The agent plays a random
@@ -23,9 +23,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+import controller  # noqa: E402,F401  (single-threaded BLAS, as in rollout workers, before numpy loads)
+
+# isort: split
 import numpy as np  # noqa: E402
 
-import controller  # noqa: E402,F401  (single-threaded BLAS, as in rollout workers, before numpy loads)
 from controller.agent import Agent, play_episode  # noqa: E402
 from controller.model import controller_shape  # noqa: E402
 from env.tasks import get_task  # noqa: E402
@@ -148,7 +150,7 @@ def two_process_scaling(steps: int) -> tuple[float, float]:
 
 
 def generation_seconds(run_dir: Path, ranks: int) -> tuple[float, float]:
-    """Stage 5 under `mpirun -np ranks` → (median seconds per generation without evaluation, workers' peak RSS MB)."""
+    """Stage 5 on gymnasium under `mpirun -np ranks` → (median seconds per generation without evaluation, workers' peak RSS MB)."""
     name = f"np{ranks}"
     mpirun = Path(sys.executable).parent / "mpirun"
     subprocess.run(
@@ -177,6 +179,8 @@ def generation_seconds(run_dir: Path, ranks: int) -> tuple[float, float]:
             str(GENERATIONS),
             "--eval-episodes",
             "1",
+            "--backend",
+            "gymnasium",
         ],
         cwd=ROOT,
         check=True,
