@@ -53,7 +53,8 @@ case "${1:-}" in
     lint)
         shift
         ensure_venv
-        "$VENV/bin/ruff" check . && exec "$VENV/bin/ruff" format --check .
+        "$VENV/bin/ruff" check . || exit $?
+        exec "$VENV/bin/ruff" format --check .
         ;;
     bench)
         shift

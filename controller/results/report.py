@@ -172,7 +172,8 @@ def stage_table(run_dir: Path) -> list[str]:
 
 def controller_settings(c: dict[str, Any]) -> str:
     s = c["settings"]
-    where = f"dream τ = {s.get('tau')}" if s.get("env") == "dream" else "real env"
+    backend = f" ({s['backend']})" if s.get("backend") else ""
+    where = f"dream τ = {s.get('tau')}" if s.get("env") == "dream" else f"real env{backend}"
     return (
         f"{s.get('popsize')} × {s.get('num_episode')} episodes, {len(c['history'])} generations in the "
         f"{where}, best mean at generation {c['best'].get('generation')}"
@@ -216,6 +217,10 @@ def build(config: ReportConfig) -> tuple[str, Path]:
             lines.append(f"| `{c['name']}` {paper[0]} | {score(c['real'])} | {paper[1]} | {controller_settings(c)} |")
         lines.append(f"| random policy (Cauchy controller, the data-collection policy) | {score(random)} | — | — |")
         lines += [""] + ["Table 1's other methods: " + ", ".join(f"{m} {s}" for m, s in CAR_OTHERS) + "."]
+        backends = run_dir / "backends.md"
+        if backends.exists():
+            title = "### The same policies and V on both backends (`controller.results.backends`)"
+            lines += ["", title, "", backends.read_text().strip()]
     else:
         lines += [
             "| controller | ours, in the dream | ours, real VizDoom | paper, dream | paper, real | "
