@@ -7,8 +7,8 @@ Run with `./run.sh bench` (or `python tests/benchmarks/bench_backends.py [--quic
 - agent-steps/s of one stage-5 worker: gymnasium one episode at a time (`Rollouts`) and envpool in
   lockstep (`LockstepRollouts`, one job of LOCKSTEP_EPISODES episodes), the same untrained V and M and a
   random `zh` controller, episodes of STEPS steps;
-- within the lockstep run, the time spent in envpool's batched step and in the agent (V, C, M and the frame
-  crop and resize), so agent ÷ bare envpool = the share of the run spent stepping the env.
+- within the lockstep run, the time per agent-step spent in envpool's batched step (with the batch's crop and
+  resize) and in the agent (V, C and M), and the run's agent-steps/s ÷ bare envpool steps/s.
 """
 
 from __future__ import annotations
@@ -133,9 +133,9 @@ def main() -> None:
         f"{r['lockstep'] / r['gym']:.1f}x |"
     )
     print(
-        f"\nIn the lockstep run, per agent-step: envpool's batched step {r['env_ms']:.3f} ms, the agent (V, C, M, "
-        f"crop and resize) {r['agent_ms']:.3f} ms; agent ÷ bare envpool = {r['env_share']:.2f} (the share of the "
-        "run spent stepping the env)"
+        f"\nIn the lockstep run, per agent-step: envpool's batched step with the crop and resize {r['env_ms']:.3f} ms, "
+        f"the agent (V, C, M) {r['agent_ms']:.3f} ms; the env's share of the run {r['env_share']:.2f}; "
+        f"lockstep agent-steps/s ÷ bare envpool steps/s = {r['lockstep'] / pool:.2f}"
     )
 
 
