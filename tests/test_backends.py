@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from test_controller_stages import CAR, make_run
 
-from controller import train
+from controller import evaluate, train
 from controller.results import backends
 from env.common.cli import UserError
 
@@ -41,6 +41,8 @@ def compared(tmp_path_factory):
     out = make_run(tmp_path_factory.mktemp("car"), CAR)
     flags = ["--popsize", "4", "--num-episode", "1", "--max-steps", "30", "--eval-episodes", "2", "--generations", "1"]
     assert train.main(["--out", str(out), "--task", "carracing", *flags]) == 0
+    stage6 = ["--out", str(out), "--task", "carracing", "--episodes", "3", "--max-steps", "40", "--workers", "1"]
+    assert evaluate.main([*stage6, "--random", "true"]) == 0  # as run.sh's stage 6 plays it
     args = ["--out", str(out), "--episodes", "3", "--frame-episodes", "2", "--frame-every", "5"]
     args += ["--max-steps", "40", "--workers", "1"]
     assert backends.main(args) == 0
@@ -51,6 +53,7 @@ def test_the_table_holds_each_policy_on_both_backends_with_the_check(compared):
     out, _ = compared
     found = json.loads((out / "backends.json").read_text())
     assert found["backends"] == ["gymnasium", "envpool"]
+    assert not list((out / "eval").glob("*.previous*"))  # stage 6's own result was reused, not set aside
     assert [r["policy"] for r in found["rows"]] == ["random", "zh"]
     assert "trained on envpool" in found["rows"][1]["label"]
     text = (out / "backends.md").read_text()
