@@ -103,8 +103,9 @@ class EvaluateConfig:
     )
 
 
-RESUMABLE_SETTINGS = ("workers", "force", "gif")
-"""Episodes are pure functions of their seeds, so a result does not depend on these."""
+RESUMABLE_SETTINGS = ("workers", "force", "gif", "result")
+"""Episodes are pure functions of their seeds, so a result does not depend on these (nor on naming its file
+explicitly by its default name)."""
 
 
 def write_gif(path: Path, frames: list[np.ndarray], fps: int = 25) -> int:
