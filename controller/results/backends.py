@@ -161,8 +161,7 @@ def compare(config: BackendsConfig) -> dict[str, Any]:
         for backend in task.backends:
             print(f"=== backends: {stem} on {backend} ===", flush=True)
             result = result_name(task, stem, backend)
-            named = [] if result == stem else ["--result", result]  # stage 6's own file, under its own flags
-            evaluate.main([*common, *flags, "--backend", backend, *named])
+            evaluate.main([*common, *flags, "--backend", backend, "--result", result])
             scores[backend] = read_json(run_dir / "eval" / f"{result}.json")
         reference = scores[task.scoring_backend]
         checks = {b: agreement(reference, s) for b, s in scores.items() if b != task.scoring_backend}
