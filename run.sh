@@ -2,6 +2,7 @@
 # World Models (Ha & Schmidhuber 2018) in TensorFlow/Keras: setup, pipeline, tests.
 #
 #   ./run.sh [carracing|doom] [--preset smoke|small|paper] [--seed S] [--np N] [--out DIR]   run the pipeline
+#   ./run.sh doom [--preset P] [--seed S] --rounds K                                         ... with iterative training
 #   ./run.sh [carracing|doom] [--preset P] --seeds 0,1,2 [--np N] [--out DIR]                a run per seed, replicates
 #   ./run.sh test [pytest args]                                                              run the test suite
 #   ./run.sh bench                                                                           print benchmarks
@@ -12,6 +13,9 @@
 #   --seeds L  the pipeline once per seed of L into that default (or OUT-seed<S> with --out), then the table
 #              of controller.results.replicates in runs/<task>-<preset>-replicates.md (or OUT-replicates.md).
 #   --np N     (default: cores + 1) stage 5 runs under mpirun -np N when N > 1: rank 0 runs CMA-ES, N - 1 play.
+#   --rounds K (default 1, Doom) iterative training: after the pipeline, rounds 2..K each play the last round's C
+#              in VizDoom with exploration, continue M on all data so far and C in the new dream, and score
+#              both, in OUT/round<R>/; controller.results.rounds tabulates every round in OUT/rounds.md.
 #   Every run directory gets OUT/run.json: task, preset, seed, np and the command line that made it.
 #
 # The first call creates .venv from requirements.txt; a changed requirements.txt re-syncs it.
@@ -75,6 +79,7 @@ SEED=""
 SEEDS=""
 SEED_GIVEN=0
 SEEDS_GIVEN=0
+ROUNDS=1
 while [[ $# -gt 0 ]]; do
     case "$1" in
         carracing|doom) TASK="$1"; shift ;;
@@ -83,6 +88,7 @@ while [[ $# -gt 0 ]]; do
         --out) [[ $# -ge 2 ]] || die "--out needs a value"; OUT="$2"; shift 2 ;;
         --seed) [[ $# -ge 2 ]] || die "--seed needs a value"; SEED="$2"; SEED_GIVEN=1; shift 2 ;;
         --seeds) [[ $# -ge 2 ]] || die "--seeds needs a value"; SEEDS="$2"; SEEDS_GIVEN=1; shift 2 ;;
+        --rounds) [[ $# -ge 2 ]] || die "--rounds needs a value"; ROUNDS="$2"; shift 2 ;;
         -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
         *) die "unknown argument '$1' (see ./run.sh --help)" ;;
     esac
@@ -93,6 +99,8 @@ valid_seed() { [[ "$1" =~ ^(0|[1-9][0-9]{0,9})$ ]] && (( $1 <= 4294967295 )); }
 cores() { env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1; }
 NP="${NP:-$(( $(cores) + 1 ))}"
 [[ "$NP" =~ ^[1-9][0-9]*$ ]] || die "--np must be a positive integer, got '$NP'"
+[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "--rounds must be a positive integer, got '$ROUNDS'"
+[[ "$ROUNDS" == 1 || "$TASK" == doom ]] || die "--rounds is for doom: the car's controller trains in the real env"
 [[ "$SEED_GIVEN" == 0 || "$SEEDS_GIVEN" == 0 ]] || die "--seed and --seeds exclude each other (--seeds runs the pipeline once per seed)"
 if [[ "$SEEDS_GIVEN" == 1 ]]; then
     IFS=, read -r -a SEED_LIST <<< "$SEEDS"
@@ -136,6 +144,10 @@ PYTHON
 
 F_EXTRACT="$(stage_flags extract)"; F_VAE="$(stage_flags vae)"; F_SERIES="$(stage_flags series)"
 F_RNN="$(stage_flags rnn)"; F_CONTROLLER="$(stage_flags controller)"; F_EVALUATE="$(stage_flags evaluate)"
+if [[ "$ROUNDS" -gt 1 ]]; then
+    F_ROUND_EXTRACT="$(stage_flags round-extract)"; F_ROUND_RNN="$(stage_flags round-rnn)"
+    F_ROUND_CONTROLLER="$(stage_flags round-controller)"
+fi
 
 # pipeline: stages 1-7 of TASK at PRESET with SEED into OUT.
 pipeline() {
@@ -163,7 +175,38 @@ pipeline() {
     fi
     step 6 random "$PY" -m controller.evaluate "${common[@]}" --random true $F_EVALUATE
     step 7 visualize "$PY" -m rnn.visualize "${common[@]}" "${seeded[@]}" --episode 0 --tau 1.0 --context 10
+    if [[ "$ROUNDS" -gt 1 ]]; then
+        rounds
+    fi
     step 7 report "$PY" -m controller.results.report "${common[@]}" --preset "$PRESET"
+}
+
+# rounds: iterative training (the paper's section 5), rounds 2..ROUNDS of OUT in OUT/round<R>/, each a run
+# directory sharing OUT's V: collect with the last round's C, encode, continue M on all series so far, continue C.
+rounds() {
+    local base="$OUT" previous="$OUT" more="" r dir
+    for (( r = 2; r <= ROUNDS; r++ )); do
+        dir="$base/round$r"
+        mkdir -p "$dir"
+        [[ -e "$dir/vae" ]] || ln -s ../vae "$dir/vae"
+        echo "[run.sh] round $r of $ROUNDS → $dir"
+        more="${more:+$more,}$previous/series"
+        local OUT="$dir"
+        local common=(--task "$TASK" --out "$dir") afresh=(--restart-on-change true) seeded=(--seed "$SEED")
+        # shellcheck disable=SC2086  # preset flags are single words
+        step 1 collect "$PY" -m env.extract "${common[@]}" "${afresh[@]}" "${seeded[@]}" --round "$r" \
+            --play "$previous" $F_ROUND_EXTRACT
+        step 3 series "$PY" -m vae.series "${common[@]}" "${afresh[@]}" $F_SERIES
+        step 4 rnn "$PY" -m rnn.train "${common[@]}" "${afresh[@]}" "${seeded[@]}" --init "$previous/rnn" \
+            --more-series "$more" $F_ROUND_RNN
+        step 5 controller "${launch[@]}" "$PY" -m controller.train "${common[@]}" "${afresh[@]}" "${seeded[@]}" \
+            --init "$previous" $F_ROUND_CONTROLLER
+        step 6 evaluate "$PY" -m controller.evaluate "${common[@]}" $F_EVALUATE
+        step 6 evaluate-dream "$PY" -m controller.evaluate "${common[@]}" --env dream $F_EVALUATE
+        previous="$dir"
+    done
+    OUT="$base"
+    step 7 rounds "$PY" -m controller.results.rounds --task "$TASK" --out "$base" --rounds "$ROUNDS"
 }
 
 # Run directories: runs/<task>-<preset> for seed 0 and runs/<task>-<preset>-seed<S> for seed S > 0; with --out,

@@ -70,11 +70,12 @@ class Agent:
             self.h, self.c = self.rnn.initial_state(1)
         self.restart = 1.0
 
-    def act(self, obs: np.ndarray) -> np.ndarray:
-        """obs: uint8 [64, 64, 3] → env action float32 [action_dim]; M then consumes (z_t, a_t)."""
+    def act(self, obs: np.ndarray, override: np.ndarray | None = None) -> np.ndarray:
+        """obs: uint8 [64, 64, 3] → env action float32 [action_dim]; M then consumes (z_t, a_t).
+        With `override`, that action is taken (and fed to M) instead of C's; V's ε is drawn either way."""
         z = self.encoder.sample(obs[None], self.rng)
         y = self.controller(features(self.shape, z, self.h, self.c))[0]
-        action = controller_to_env_action(self.task, y)
+        action = controller_to_env_action(self.task, y) if override is None else np.asarray(override, np.float32)
         if self.rnn is not None:
             x = [z, action[None]]
             if self.rnn.resets:
@@ -138,6 +139,31 @@ class FixedPolicy:
         action = self.policy(self.t)
         self.t += 1
         return action
+
+
+class ExploringAgent:
+    """C with exploration, for collecting data where C goes (the paper's iterative training, §5): the episode
+    is cut into segments of 1-10 steps as the data-collection policy cuts it; with probability `epsilon` a
+    segment holds one uniform random action instead of C's. M always consumes the action taken."""
+
+    def __init__(self, agent: Agent, epsilon: float):
+        self.agent, self.epsilon = agent, epsilon
+        self.rng = np.random.default_rng(0)
+        self.left, self.held = 0, None
+
+    def reset(self, rng: np.random.Generator) -> None:
+        self.agent.reset(rng)
+        self.rng = rng.spawn(1)[0]
+        self.left, self.held = 0, None
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        if self.left == 0:
+            self.left = int(self.rng.integers(1, 11))
+            explore = self.rng.random() < self.epsilon
+            y = self.rng.uniform(-1.0, 1.0, self.agent.task.action_dim)
+            self.held = controller_to_env_action(self.agent.task, y) if explore else None
+        self.left -= 1
+        return self.agent.act(obs, self.held)
 
 
 def play_episode(env, policy: Policy, seed: int, frames: list | None = None) -> tuple[float, int]:

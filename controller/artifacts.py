@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from controller.model import ControllerShape, controller_shape
+from controller.model import ControllerShape, controller_shape, default_mode
 from env.common.cli import UserError
 from env.common.files import read_json, write_json
 from env.tasks import Task
@@ -49,6 +49,15 @@ def write_params(path: Path, shape: ControllerShape, params: np.ndarray, **extra
             **extra,
         },
     )
+
+
+def params_path(path: str | Path, task: Task) -> Path:
+    """A params file named directly, or for a run directory its controller of the task's mode:
+    RUN/controller/<mode>/best.json."""
+    path = Path(path)
+    if path.is_dir():
+        return path / "controller" / default_mode(task) / "best.json"
+    return path
 
 
 def read_params(path: Path, task: Task) -> tuple[ControllerShape, np.ndarray, dict[str, Any]]:

@@ -40,14 +40,24 @@ class Randn:
 
 
 class CMAES:
-    """ask/tell CMA-ES maximising reward: x0 = 0, σ0 = `sigma_init`, `popsize` candidates per generation.
-    The original's values are stage 5's defaults (controller.train.TrainConfig)."""
+    """ask/tell CMA-ES maximising reward: x0 = 0 (or `x0`), σ0 = `sigma_init`, `popsize` candidates per
+    generation. The original's values are stage 5's defaults (controller.train.TrainConfig)."""
 
-    def __init__(self, n_params: int, *, sigma_init: float, popsize: int, weight_decay: float, seed: int):
+    def __init__(
+        self,
+        n_params: int,
+        *,
+        sigma_init: float,
+        popsize: int,
+        weight_decay: float,
+        seed: int,
+        x0: np.ndarray | None = None,
+    ):
         self.n_params = n_params
         self.weight_decay = weight_decay
+        start = np.zeros(n_params) if x0 is None else np.asarray(x0, np.float64)
         self.es = cma.CMAEvolutionStrategy(
-            np.zeros(n_params), sigma_init, {"popsize": popsize, "seed": np.nan, "randn": Randn(seed), "verbose": -9}
+            start, sigma_init, {"popsize": popsize, "seed": np.nan, "randn": Randn(seed), "verbose": -9}
         )
         self.solutions: np.ndarray | None = None
 

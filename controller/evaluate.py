@@ -28,7 +28,7 @@ from controller.es import TEST_RANGE, heldout_seeds
 from controller.model import controller_shape, default_mode
 from controller.pool import PoolScope, ProcessPool, SerialPool, mpi_world, serve_mpi
 from controller.rollouts import LOCKSTEP_EPISODES, Job, RolloutSpec, in_lockstep
-from controller.train import check_dream, fill_failed, model_fingerprints
+from controller.train import check_dream, fill_failed, model_fingerprints, trained_models
 from env.common.cli import UserError, check_stage_flags, parse_config, run
 from env.common.files import atomic_write, ensure_dir, stage_record, write_json
 from env.common.rundir import COMPLETE, open_output
@@ -187,12 +187,7 @@ def resolve(config: EvaluateConfig) -> tuple[Task, RolloutSpec, np.ndarray | Non
     config.name = config.name or default_mode(task)
     params_file = run_dir / "controller" / config.name / "best.json"
     shape, params, record = read_params(params_file, task)
-    models = model_fingerprints(run_dir, task, shape.uses_m or "rnn" in (record.get("models") or {}))
-    if record.get("models") != models:
-        raise UserError(
-            f"{params_file}: this controller was trained with another V or M than {run_dir}/vae, "
-            f"rnn now hold; retrain it (stage 5) or evaluate the run it came from"
-        )
+    models = trained_models(params_file, record, run_dir, task, shape)
     loaded = {
         "policy": f"controller {shape.mode} ({shape.n_params} params)",
         "params_file": str(params_file),

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from controller.artifacts import write_params
+from controller.artifacts import params_path, params_sha256, read_params, write_params
 from controller.es import CMAES, SearchState, selection_seeds, training_seeds
 from controller.model import ControllerShape, controller_shape
 from controller.pool import PoolScope, SerialPool, mpi_world, serve_mpi
@@ -94,6 +94,13 @@ class TrainConfig:
         default="",
         metadata={
             "help": "where the mean is evaluated every --eval-every generations; '' = where it trains (as the original)"
+        },
+    )
+    init: str = field(
+        default="",
+        metadata={
+            "help": "a params file, or a run directory RUN for RUN/controller/<mode>/best.json, where the search starts instead of 0: iterative "
+            "training continues the last round's controller in the new dream; '' = 0 (the original)"
         },
     )
     sigma_init: float = field(default=0.1, metadata={"help": "CMA-ES initial step size (original: 0.1)"})
@@ -240,6 +247,25 @@ def model_fingerprints(run_dir: Path, task: Task, needs_m: bool) -> dict[str, st
     return models
 
 
+def trained_models(params_file: Path, record: dict[str, Any], run_dir: Path, task: Task, shape: ControllerShape):
+    """The fingerprints of `run_dir`'s V (and M) that the controller of `params_file` plays with; a UserError
+    when it was trained with others."""
+    models = model_fingerprints(run_dir, task, shape.uses_m or "rnn" in (record.get("models") or {}))
+    if record.get("models") != models:
+        raise UserError(
+            f"{params_file}: this controller was trained with another V or M than {run_dir}/vae, "
+            f"rnn now hold; retrain it (stage 5) or evaluate the run it came from"
+        )
+    return models
+
+
+def record_inputs(config: TrainConfig, task: Task, models: dict[str, str]) -> dict[str, str]:
+    """What the search read: V and M's fingerprints, and with --init the starting controller's."""
+    if not config.init:
+        return models
+    return {**models, "init": params_sha256(read_params(params_path(config.init, task), task)[1])}
+
+
 def generation_row(
     state: SearchState, fitness: np.ndarray, lengths: np.ndarray, failures: int, seconds: float, worker_rss_mb: float
 ) -> dict[str, Any]:
@@ -368,7 +394,14 @@ def prepare(config: TrainConfig) -> tuple[Task, ControllerShape, Path, SearchSta
     if "dream" in (config.env, config.eval_env):
         check_dream(run_dir, task)
     out_dir = run_dir / "controller" / config.name
-    record = stage_record(config, implied=implied_settings(task), inputs=models, n_params=shape.n_params)
+    x0 = None
+    if config.init:
+        init_shape, x0, _ = read_params(params_path(config.init, task), task)
+        if init_shape != shape:
+            raise UserError(f"--init {config.init}: a {init_shape.mode} controller, not {shape.mode}")
+    record = stage_record(
+        config, implied=implied_settings(task), inputs=record_inputs(config, task, models), n_params=shape.n_params
+    )
     status = open_output(
         out_dir,
         record,
@@ -390,6 +423,7 @@ def prepare(config: TrainConfig) -> tuple[Task, ControllerShape, Path, SearchSta
             popsize=config.popsize,
             weight_decay=config.weight_decay,
             seed=config.seed,
+            x0=x0,
         )
         state = SearchState(0, es, [], [], None, 0.0, dataclasses.asdict(config), models)
     spec = RolloutSpec(
@@ -415,7 +449,12 @@ def main(argv: Sequence[str] | None = None, on_generation: Callable[[SearchState
             return 0
         write_json(
             out_dir / RECORD,
-            stage_record(config, implied=implied_settings(task), inputs=state.models, n_params=shape.n_params),
+            stage_record(
+                config,
+                implied=implied_settings(task),
+                inputs=record_inputs(config, task, state.models),
+                n_params=shape.n_params,
+            ),
         )
         pool = scope.open(spec, SerialPool)
         where = (
@@ -434,7 +473,7 @@ def main(argv: Sequence[str] | None = None, on_generation: Callable[[SearchState
             stage_record(
                 config,
                 implied=implied_settings(task),
-                inputs=state.models,
+                inputs=record_inputs(config, task, state.models),
                 n_params=shape.n_params,
                 result={
                     "generations": state.generation,

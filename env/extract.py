@@ -52,6 +52,24 @@ class ExtractConfig:
             "help": "the engine that plays: car gymnasium or envpool, Doom vizdoom; '' = the task's (car envpool)"
         },
     )
+    play: str = field(
+        default="",
+        metadata={
+            "help": "a controller's params file, or a run directory RUN for RUN/controller/<mode>/best.json: play it, with RUN's V and M, instead "
+            "of the data-collection policy (iterative training); '' = the task's collection policy"
+        },
+    )
+    explore: float = field(
+        default=0.3,
+        metadata={"help": "with --play: the chance that a segment of 1-10 steps holds a uniform random action"},
+    )
+    round: int = field(
+        default=0,
+        metadata={
+            "help": "iterative training round: episode i is a function of (seed, i) in round 0, "
+            "of (seed, i, round) after"
+        },
+    )
     restart_on_change: bool = field(
         default=False,
         metadata={
@@ -61,16 +79,61 @@ class ExtractConfig:
     )
 
 
-def collect_episode(env, task: Task, config: ExtractConfig, index: int, record_dir: Path) -> int:
+def episode_seeds(config: ExtractConfig, index: int, attempt: int) -> np.random.SeedSequence:
+    """The seeds of attempt `attempt` at episode slot `index`: its env seed and its policy's stream."""
+    return np.random.SeedSequence([config.seed, index, attempt] + ([config.round] if config.round else []))
+
+
+class CollectionPolicy:
+    """The task's data-collection policy, drawn afresh each episode, as a Policy."""
+
+    def __init__(self, task: Task):
+        self.task, self.policy, self.t = task, None, 0
+
+    def reset(self, rng: np.random.Generator) -> None:
+        self.policy, self.t = make_collection_policy(self.task, rng), 0
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        self.t += 1
+        return self.policy(self.t - 1)
+
+
+def make_player(task: Task, config: ExtractConfig):
+    """What stage 1 plays: the collection policy, or with --play a trained controller with exploration."""
+    if not config.play:
+        return CollectionPolicy(task)
+    from controller.agent import Agent, ExploringAgent
+    from controller.artifacts import params_path, read_params
+
+    params_file = params_path(config.play, task)
+    shape, params, _ = read_params(params_file, task)
+    agent = Agent.load(params_file.parent.parent.parent, task, shape)
+    agent.set_params(params)
+    return ExploringAgent(agent, config.explore)
+
+
+def played_inputs(task: Task, config: ExtractConfig) -> dict[str, str]:
+    """With --play: the fingerprints of the controller and of the V and M it plays with (checked to load)."""
+    from controller.artifacts import params_path, params_sha256, read_params
+    from controller.train import trained_models
+
+    params_file = params_path(config.play, task)
+    shape, params, record = read_params(params_file, task)
+    models = trained_models(params_file, record, params_file.parent.parent.parent, task, shape)
+    return {"controller": params_sha256(params), **models}
+
+
+def collect_episode(env, task: Task, config: ExtractConfig, index: int, record_dir: Path, player=None) -> int:
     """Play and write episode slot `index`; returns its length. Short Doom episodes are redrawn."""
+    player = player or make_player(task, config)
     for attempt in range(MAX_ATTEMPTS):
-        seeds = np.random.SeedSequence([config.seed, index, attempt])
+        seeds = episode_seeds(config, index, attempt)
         env_seed = int(seeds.generate_state(1)[0] & 0x7FFFFFFF)
-        policy = make_collection_policy(task, np.random.default_rng(seeds))
+        player.reset(np.random.default_rng(seeds))
         obs, _ = env.reset(seed=env_seed)
         frames, actions, rewards, dones = [], [], [], []
-        for t in range(config.max_steps):
-            action = policy(t)
+        for _ in range(config.max_steps):
+            action = player.act(obs)
             frames.append(obs)
             actions.append(action)
             obs, reward, terminated, truncated, info = env.step(action)
@@ -100,10 +163,11 @@ def _worker(config_dict: dict, record_dir: str, jobs, results) -> None:
     config = ExtractConfig(**config_dict)
     task = get_task(config.task)
     env = make_env(task, max_steps=config.max_steps, full_episode=task.collect_full_episode, backend=config.backend)
+    player = make_player(task, config)
     try:
         while (index := jobs.get()) is not None:
             try:
-                results.put(("ok", index, collect_episode(env, task, config, index, Path(record_dir))))
+                results.put(("ok", index, collect_episode(env, task, config, index, Path(record_dir), player)))
             except Exception:
                 results.put(("error", index, traceback.format_exc()))
                 return
@@ -168,8 +232,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"--max-steps must exceed {task.name}'s minimum kept episode length "
             f"{task.min_episode_length}, got {config.max_steps}"
         )
+    if not 0.0 <= config.explore <= 1.0 or config.round < 0:
+        raise UserError(f"--explore must lie in [0, 1] and --round be ≥ 0, got {config.explore} and {config.round}")
+    inputs = played_inputs(task, config) if config.play else {}
     record_dir = Path(config.out) / "record"
-    record = stage_record(config, implied=implied_settings(task))
+    record = stage_record(config, implied=implied_settings(task), **({"inputs": inputs} if inputs else {}))
     state = open_output(
         record_dir, record, stage="stage 1", restart=config.restart_on_change, resumable=RESUMABLE_SETTINGS
     )
@@ -198,9 +265,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             env = make_env(
                 task, max_steps=config.max_steps, full_episode=task.collect_full_episode, backend=config.backend
             )
+            player = make_player(task, config)
             try:
                 for index in pending:
-                    progress(collect_episode(env, task, config, index, record_dir))
+                    progress(collect_episode(env, task, config, index, record_dir, player))
             finally:
                 env.close()
         elif pending:
@@ -214,6 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stage_record(
             config,
             implied=implied_settings(task),
+            **({"inputs": inputs} if inputs else {}),
             result={
                 "episodes": config.episodes,
                 "new_frames": frames,

@@ -23,7 +23,8 @@ from env.common.files import atomic_write, stage_record, write_json
 from env.common.rundir import RECORD
 from env.common.training import fit_from, last_logged, open_training_output, restore, standard_callbacks
 from env.tasks import Task, get_task
-from rnn.artifacts import MODEL_FILE
+from rnn.artifacts import MODEL_FILE, check_rnn_dir
+from rnn.artifacts import fingerprint as rnn_fingerprint
 from rnn.data import EpisodeBatches, SeriesSet, StreamBatches
 from vae.series import list_series, series_fingerprint
 
@@ -64,6 +65,19 @@ class RnnTrainConfig:
         metadata={
             "help": "when OUT/rnn/ was trained with other settings or data, move it to OUT/rnn.previous and train "
             "afresh (run.sh sets this); by default that is refused"
+        },
+    )
+    more_series: str = field(
+        default="",
+        metadata={
+            "help": "comma-separated series/ directories (encoded by the same V) trained on with OUT/series/: the "
+            "data of earlier rounds of iterative training; '' = none"
+        },
+    )
+    init: str = field(
+        default="",
+        metadata={
+            "help": "an M directory (RUN/rnn) whose weights training starts from (iterative training); '' = fresh"
         },
     )
     dream_heads: bool = field(
@@ -192,7 +206,11 @@ def main(argv: Sequence[str] | None = None, extra_callbacks: Sequence = ()) -> i
     config = resolve(config, task)
     out = Path(config.out)
     series_dir = out / "series"
-    paths = list_series(series_dir)
+    series_dirs = [series_dir] + [Path(d) for d in config.more_series.split(",") if d]
+    paths = [path for d in series_dirs for path in list_series(d)]
+    encoders = {str(d): series_fingerprint(d) for d in series_dirs}
+    if len(set(encoders.values())) > 1:
+        raise UserError(f"--more-series: these series were encoded by different V's: {encoders}")
     series = SeriesSet(paths, task)
     batching = EpisodeBatches if task.rnn_batching == "episodes" else StreamBatches
     batches = batching(series, config.batch_size, config.seq_len, config.seed)
@@ -205,6 +223,9 @@ def main(argv: Sequence[str] | None = None, extra_callbacks: Sequence = ()) -> i
 
     rnn_dir = out / "rnn"
     inputs = {"episodes": len(series), "frames": int(series.lengths.sum()), "vae": series_fingerprint(series_dir)}
+    if config.init:
+        check_rnn_dir(Path(config.init), task)
+        inputs["init"] = rnn_fingerprint(Path(config.init))
     record = stage_record(config, inputs=inputs)
     if open_training_output(rnn_dir, record, "stage 4", config.restart_on_change, MODEL_FILE):
         return 0
@@ -218,7 +239,7 @@ def main(argv: Sequence[str] | None = None, extra_callbacks: Sequence = ()) -> i
 
     import keras
 
-    from rnn.model import DecayToFloor, build_rnn, plain_copy, save_rnn
+    from rnn.model import DecayToFloor, build_rnn, load_rnn, plain_copy, save_rnn
 
     keras.utils.set_random_seed(config.seed)
     stateful = task.rnn_batching == "streams"
@@ -232,6 +253,9 @@ def main(argv: Sequence[str] | None = None, extra_callbacks: Sequence = ()) -> i
         )
     )
     start_step = restore(model, rnn_dir, "stage 4")
+    if not start_step and config.init:
+        model.set_weights(load_rnn(Path(config.init), task).get_weights())
+        print(f"[stage 4] starting from the weights of {config.init}", flush=True)
     if start_step:
         print(f"[stage 4] resuming from the checkpoint at step {start_step} of {total_steps}", flush=True)
         if stateful:

@@ -104,6 +104,8 @@ def test_run_sh_rejects_bad_arguments(tmp_path):
         (["--seed", "1", "--seeds", "0,1"], "--seed and --seeds exclude each other"),
         (["--seeds", "0,,1"], "--seeds must be comma-separated non-negative integers"),
         (["--seeds", "1,1"], "--seeds names a seed twice"),
+        (["doom", "--rounds", "0"], "--rounds must be a positive integer"),
+        (["carracing", "--rounds", "2"], "--rounds is for doom"),
     ):
         result = subprocess.run([RUN_SH, *args], capture_output=True, text=True, timeout=120)
         assert result.returncode == 2 and message in result.stderr, (args, result.stderr)

@@ -239,6 +239,10 @@ def build(config: ReportConfig) -> tuple[str, Path]:
         tau_table = run_dir / "tau_table.md"
         if tau_table.exists():
             lines += ["", "### The τ table (`controller.results.tau_table`)", "", tau_table.read_text().strip()]
+        rounds = run_dir / "rounds.md"
+        if rounds.exists():
+            title = "### Iterative training, round by round (`run.sh --rounds`, `controller.results.rounds`)"
+            lines += ["", title, "", rounds.read_text().strip()]
         calibration = run_dir / "calibration.md"
         if calibration.exists():
             title = "### Does the dream tell the truth? (`controller.results.calibration`)"

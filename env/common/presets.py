@@ -42,6 +42,9 @@ PRESETS: dict[str, dict[str, dict[str, dict[str, object]]]] = {
                 "max_steps": 300,
             },
             "evaluate": {"episodes": 4, "max_steps": 300},
+            "round-extract": {"episodes": 4},
+            "round-rnn": {"epochs": 1},
+            "round-controller": {"generations": 1, "eval_every": 1},
         },
     },
     "small": {
@@ -56,18 +59,32 @@ PRESETS: dict[str, dict[str, dict[str, dict[str, object]]]] = {
             "vae": {"epochs": 8, "max_frames": 32000},
             "rnn": {"steps": 600, "batch_size": 20},
             "controller": {"popsize": 32, "num_episode": 8, "generations": 30, "eval_every": 10, "eval_episodes": 128},
+            "round-extract": {"episodes": 200},
+            "round-rnn": {"steps": 200},
+            "round-controller": {"generations": 10, "eval_every": 5},
         },
     },
     "paper": {
         "carracing": {"extract": {"episodes": 10_000}},
-        "doom": {"extract": {"episodes": 10_000}},
+        "doom": {
+            "extract": {"episodes": 10_000},
+            "round-extract": {"episodes": 1_000},
+            "round-rnn": {"epochs": 40},
+            "round-controller": {"generations": 200},
+        },
     },
 }
 """preset → task → stage → flag values. Stages: extract, vae, series, rnn, controller (stage 5) and
-evaluate (stage 6, also the random baseline). Anything not named here is the stage's default."""
+evaluate (stage 6, also the random baseline). Anything not named here is the stage's default.
+Iterative training's later rounds (`run.sh --rounds`, Doom) run `round-extract`, `round-rnn` and
+`round-controller`: the flags of extract, rnn and controller, with these values on top."""
 
 PARALLEL_STAGES = ("extract", "evaluate")
 """Stages that take `--workers`: with --np N they use min(N, cores) processes (stage 5 runs under mpirun)."""
+
+
+ROUND = "round-"
+"""The prefix of a later round's stage (iterative training)."""
 
 
 def stage_flags(task: str, preset: str, stage: str, np_workers: int) -> list[str]:
@@ -76,8 +93,9 @@ def stage_flags(task: str, preset: str, stage: str, np_workers: int) -> list[str
         raise UserError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
     if task not in TASKS:
         raise UserError(f"unknown task {task!r}; choose one of: {', '.join(TASKS)}")
-    values = dict(PRESETS[preset][task].get(stage, {}))
-    if stage in PARALLEL_STAGES and np_workers > 1:
+    base = stage.removeprefix(ROUND)
+    values = {**PRESETS[preset][task].get(base, {}), **PRESETS[preset][task].get(stage, {})}
+    if base in PARALLEL_STAGES and np_workers > 1:
         values.setdefault("workers", min(np_workers, os.cpu_count() or 1))
     return [f"--{k.replace('_', '-')}={v}" for k, v in values.items()]
 
