@@ -20,6 +20,7 @@ import numpy as np
 
 from env.common.cli import UserError, check_stage_flags, parse_config, run
 from env.common.files import atomic_write, stage_record, write_json
+from env.common.hardware import training_device
 from env.common.rundir import RECORD
 from env.common.training import fit_from, last_logged, open_training_output, restore, standard_callbacks
 from env.tasks import Task, get_task
@@ -303,7 +304,7 @@ def main(argv: Sequence[str] | None = None, extra_callbacks: Sequence = ()) -> i
         "seconds_this_run": round(seconds, 1),
         "sequences_per_second": round(trained * config.batch_size / seconds, 2) if seconds > 0 else 0.0,
     }
-    write_json(rnn_dir / RECORD, {**record, "result": result})
+    write_json(rnn_dir / RECORD, {**record, "result": {**result, "device": training_device()}})
     print(
         f"[stage 4] done: loss {result['metrics'].get('loss')}; NLL per z element {comparison['nll']} vs "
         f"{comparison['nll_copy_last_z_unit_variance']} for z_t+1 = z_t with unit variance; "

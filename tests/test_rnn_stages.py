@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from env.common.cli import UserError
+from env.common.hardware import training_device
 from env.tasks import get_task
 from rnn import train
 from rnn.data import EpisodeBatches, SeriesSet, StreamBatches
@@ -94,6 +95,7 @@ def test_stage_4_car_writes_model_weights_initial_z_and_the_baseline(tmp_path, c
     assert config["settings"]["lr_decay"] == 1.0 and config["settings"]["grad_clip"] == 1.0
     assert config["result"]["steps"] == 5 and config["result"]["sequences_per_second"] > 0
     assert {"nll", "nll_copy_last_z_unit_variance"} <= set(config["result"])
+    assert config["result"]["device"] == training_device()
     assert log_epochs(tmp_path) == ["0", "1"]  # epochs of ceil(5 / 2) = 3 steps: 3 + 2
     assert "NLL per z element" in capsys.readouterr().out
     twin = RNNTwin.load(rnn_dir, CAR)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from env.common.cli import UserError
+from env.common.hardware import training_device
 from env.common.training import standard_callbacks
 from env.episodes import episode_path, list_episodes, read_episode, write_episode
 from env.tasks import get_task
@@ -68,6 +69,7 @@ def test_stage_2_writes_model_weights_logs_and_grids(trained):
     assert config["settings"]["epochs"] == 2 and config["inputs"] == {"episodes": 3, "frames": 72}
     assert config["result"]["steps"] == 2 * (72 // 8)
     assert config["result"]["images_per_second"] > 0
+    assert config["result"]["device"] == training_device() and config["settings"]["precision"] == "float32"
     rows = log_rows(trained)
     assert [r["epoch"] for r in rows] == ["0", "1"]
     assert float(rows[1]["loss"]) < float(rows[0]["loss"])  # it learns

@@ -18,6 +18,7 @@ import numpy as np
 
 from env.common.cli import UserError, check_stage_flags, parse_config, run
 from env.common.files import atomic_write, ensure_dir, stage_record, write_json
+from env.common.hardware import resolve_precision, training_device
 from env.common.rundir import RECORD
 from env.common.training import fit_from, last_logged, open_training_output, restore, standard_callbacks
 from env.episodes import frame_dataset, list_episodes, read_episode
@@ -25,7 +26,7 @@ from env.tasks import Task, get_task
 from vae import KL_TOLERANCE
 from vae.artifacts import MODEL_FILE
 
-PRECISIONS = ("float32", "mixed_bfloat16")
+PRECISIONS = ("float32", "mixed_bfloat16", "auto")
 PREVIEW_FRAMES = 8
 """Frames shown (with their reconstructions) in each epoch's PNG grid."""
 
@@ -47,7 +48,13 @@ class VaeTrainConfig:
     )
     shuffle_buffer: int = field(default=10_000, metadata={"help": "frames in the tf.data shuffle buffer"})
     checkpoint_every: int = field(default=1000, metadata={"help": "steps between checkpoints"})
-    precision: str = field(default="float32", metadata={"help": "float32 or mixed_bfloat16"})
+    precision: str = field(
+        default="float32",
+        metadata={
+            "help": "float32 (the original), mixed_bfloat16, or auto: mixed_bfloat16 where the training device "
+            "computes bf16 natively (a GPU of compute capability ≥ 8.0, a CPU with AVX-512 BF16 or AMX), else float32"
+        },
+    )
     seed: int = field(default=0, metadata={"help": "seeds initialisation, sampling and the frame stream"})
     restart_on_change: bool = field(
         default=False,
@@ -181,6 +188,8 @@ def main(argv: Sequence[str] | None = None, extra_callbacks: Sequence = ()) -> i
     if steps_per_epoch < 1:
         raise UserError(f"{out / 'record'} holds {frames_recorded} frames, fewer than one batch of {config.batch_size}")
     vae_dir = out / "vae"
+    device = training_device()
+    config.precision = resolve_precision(config.precision, device)
     record = stage_record(config, inputs={"episodes": len(paths), "frames": frames_recorded})
     if open_training_output(vae_dir, record, "stage 2", config.restart_on_change, MODEL_FILE):
         return 0
@@ -197,7 +206,7 @@ def main(argv: Sequence[str] | None = None, extra_callbacks: Sequence = ()) -> i
     model = result.pop("model")
     save_vae(model, vae_dir, task)
     shutil.rmtree(vae_dir / "checkpoint", ignore_errors=True)
-    write_json(vae_dir / RECORD, {**record, "result": result})
+    write_json(vae_dir / RECORD, {**record, "result": {**result, "device": device}})
     metrics = result["metrics"]
     print(
         f"[stage 2] done: loss {metrics.get('loss')} (recon {metrics.get('recon')}, KL {metrics.get('kl')}), "

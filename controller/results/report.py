@@ -13,7 +13,6 @@ stage plots: fitness curve, V reconstructions, real vs dreamed frames, the first
 from __future__ import annotations
 
 import os
-import platform
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,6 +24,7 @@ from controller.model import default_mode
 from controller.results.paper import CAR_OTHERS, CAR_TABLE1, DOOM_RANDOM, DOOM_TAU
 from env.common.cli import UserError, parse_config, run
 from env.common.files import atomic_write, git_commit, read_json
+from env.common.hardware import cpu_model
 from env.common.stagelog import read_log
 from env.tasks import Task, get_task
 
@@ -67,14 +67,6 @@ def crashed_episodes(found: list[dict[str, Any]], random: dict[str, Any] | None)
 
 def read_optional(path: Path) -> Any:
     return read_json(path) if path.exists() else None
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (Linux), else what `platform` knows."""
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    return names[0] if names else (platform.processor() or platform.machine())
 
 
 def controllers(run_dir: Path, task: Task) -> list[dict[str, Any]]:
