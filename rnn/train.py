@@ -20,7 +20,7 @@ import numpy as np
 
 from env.common.cli import UserError, check_stage_flags, parse_config, run
 from env.common.files import atomic_write, stage_record, write_json
-from env.common.hardware import training_device
+from env.common.hardware import resolve_precision, training_device
 from env.common.rundir import RECORD
 from env.common.training import fit_from, last_logged, open_training_output, restore, standard_callbacks
 from env.tasks import Task, get_task
@@ -29,6 +29,7 @@ from rnn.artifacts import fingerprint as rnn_fingerprint
 from rnn.data import EpisodeBatches, SeriesSet, StreamBatches
 from vae.series import list_series, series_fingerprint
 
+PRECISIONS = ("float32", "mixed_bfloat16", "auto")
 INITIAL_Z_EPISODES = 1000
 """initial_z holds the first frame of this many episodes (WME rnn_train.py)."""
 STATE_FILE = "checkpoint/lstm_state.npz"
@@ -60,6 +61,13 @@ class RnnTrainConfig:
     )
     grad_clip: float = field(default=1.0, metadata={"help": "element-wise gradient clip (WME: 1.0)"})
     checkpoint_every: int = field(default=100, metadata={"help": "steps between checkpoints"})
+    precision: str = field(
+        default="float32",
+        metadata={
+            "help": "float32 (the original), mixed_bfloat16, or auto: mixed_bfloat16 where the training device "
+            "computes bf16 natively, else float32 (as stage 2)"
+        },
+    )
     seed: int = field(default=0, metadata={"help": "seeds initialisation, z re-sampling and batch order"})
     restart_on_change: bool = field(
         default=False,
@@ -106,6 +114,8 @@ def resolve(config: RnnTrainConfig, task: Task) -> RnnTrainConfig:
         raise UserError(
             f"--dream-heads is for the car: {task.name}'s M already predicts done, and its dream pays 1 per step"
         )
+    if config.precision not in PRECISIONS:
+        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {config.precision!r}")
     if config.learning_rate <= 0 or not 0 < config.lr_decay <= 1 or config.grad_clip <= 0:
         raise UserError("--learning-rate and --grad-clip must be positive, --lr-decay in (0, 1]")
     return config
@@ -223,6 +233,8 @@ def main(argv: Sequence[str] | None = None, extra_callbacks: Sequence = ()) -> i
         raise UserError("nothing to train: --steps (or --epochs) resolves to 0 updates")
 
     rnn_dir = out / "rnn"
+    device = training_device()
+    config.precision = resolve_precision(config.precision, device)
     inputs = {"episodes": len(series), "frames": int(series.lengths.sum()), "vae": series_fingerprint(series_dir)}
     if config.init:
         check_rnn_dir(Path(config.init), task)
@@ -243,6 +255,7 @@ def main(argv: Sequence[str] | None = None, extra_callbacks: Sequence = ()) -> i
     from rnn.model import DecayToFloor, build_rnn, load_rnn, plain_copy, save_rnn
 
     keras.utils.set_random_seed(config.seed)
+    keras.config.set_dtype_policy(config.precision)
     stateful = task.rnn_batching == "streams"
     model = build_rnn(
         task, batch_size=config.batch_size, stateful=stateful, seed=config.seed, dream_heads=config.dream_heads
@@ -290,11 +303,11 @@ def main(argv: Sequence[str] | None = None, extra_callbacks: Sequence = ()) -> i
     )
     seconds = time.perf_counter() - start
     trained = int(model.optimizer.iterations) - start_step
+    keras.config.set_dtype_policy("float32")  # M is saved, and compared with the baseline, in float32
 
-    comparison = baseline_comparison(
-        plain_copy(model, task) if stateful else model, batches, list(range(min(BASELINE_BATCHES, steps_per_epoch)))
-    )
-    save_rnn(model, rnn_dir, task, extra=initial_z(series))
+    plain = plain_copy(model, task) if stateful or config.precision != "float32" else model
+    comparison = baseline_comparison(plain, batches, list(range(min(BASELINE_BATCHES, steps_per_epoch))))
+    save_rnn(plain, rnn_dir, task, extra=initial_z(series))
     shutil.rmtree(rnn_dir / "checkpoint", ignore_errors=True)
     keys = model.loss_names
     result = {
@@ -304,7 +317,7 @@ def main(argv: Sequence[str] | None = None, extra_callbacks: Sequence = ()) -> i
         "seconds_this_run": round(seconds, 1),
         "sequences_per_second": round(trained * config.batch_size / seconds, 2) if seconds > 0 else 0.0,
     }
-    write_json(rnn_dir / RECORD, {**record, "result": {**result, "device": training_device()}})
+    write_json(rnn_dir / RECORD, {**record, "result": {**result, "device": device}})
     print(
         f"[stage 4] done: loss {result['metrics'].get('loss')}; NLL per z element {comparison['nll']} vs "
         f"{comparison['nll_copy_last_z_unit_variance']} for z_t+1 = z_t with unit variance; "
