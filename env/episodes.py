@@ -16,7 +16,9 @@ The schema machinery (`Schema`, `read_npz`, `write_npz`) is shared with the othe
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import re
 import zipfile
 import zlib
@@ -28,9 +30,12 @@ from typing import Any
 import numpy as np
 
 from env.common.cli import UserError
-from env.common.files import atomic_write
+from env.common.files import atomic_write, read_json
+from env.common.rundir import ALWAYS_RESUMABLE, RECORD
 from env.tasks import FRAME_SIZE, Task
 
+RECORD_RESUMABLE = ("episodes", "workers")
+"""Stage 1's settings a rerun may change and still add to the same `record/`."""
 COMPRESS_LEVEL = 1
 """zlib level of the npz files: ≈ 3× faster to write than numpy's default level for ≈ 10–25 % more disk."""
 EPISODE_PATTERN = re.compile(r"^ep_(\d{6,})\.npz$")
@@ -211,3 +216,16 @@ def frame_dataset(
     )
     frames = frames.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     return frames.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def record_fingerprint(record_dir: Path) -> str | None:
+    """What identifies the episodes of `record_dir` beyond their file names: sha256 of stage 1's settings (less
+    those a rerun may change, and the run directory) and inputs; None when `record_dir` has no stage 1 record."""
+    path = Path(record_dir) / RECORD
+    if not path.exists():
+        return None
+    record = read_json(path)
+    ignored = {*RECORD_RESUMABLE, *ALWAYS_RESUMABLE}
+    settings = {k: v for k, v in (record.get("settings") or {}).items() if k not in ignored}
+    blob = json.dumps({"settings": settings, "inputs": record.get("inputs") or {}}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()

@@ -22,7 +22,7 @@ from env.common.cli import UserError, check_stage_flags, parse_config, run
 from env.common.files import stage_record, write_json
 from env.common.processes import init_worker, stop_processes
 from env.common.rundir import COMPLETE, RECORD, open_output
-from env.episodes import episode_path, write_episode
+from env.episodes import RECORD_RESUMABLE, episode_path, write_episode
 from env.policies import make_collection_policy
 from env.tasks import Task, check_backend, get_task, implied_settings
 from env.wrappers import FULL_EPISODE_BACKENDS, make_env
@@ -30,7 +30,7 @@ from env.wrappers import FULL_EPISODE_BACKENDS, make_env
 MAX_ATTEMPTS = 100
 """Tries per episode slot to draw an episode longer than the task's minimum length."""
 
-RESUMABLE_SETTINGS = ("episodes", "workers")
+RESUMABLE_SETTINGS = RECORD_RESUMABLE
 """Settings a rerun may change and still add to the same `record/` (every other setting must match)."""
 
 

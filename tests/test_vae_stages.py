@@ -179,6 +179,25 @@ def test_stage_3_resumes_and_refuses_another_v(trained, capsys):
         config_path.write_text(json.dumps(config))
 
 
+def test_stage_3_notices_episodes_collected_again_under_the_same_names(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    write_record(out)
+    stage_1 = {"settings": {"task": "carracing", "seed": 0, "episodes": 3, "workers": 2, "out": str(out)}}
+    (out / "record" / "config.json").write_text(json.dumps(stage_1))
+    assert train.main([*TINY, "--epochs", "1", "--out", str(out)]) == 0
+    assert series.main(["--task", "carracing", "--out", str(out)]) == 0
+    more = {"settings": {**stage_1["settings"], "episodes": 5, "workers": 1, "out": "elsewhere"}}
+    (out / "record" / "config.json").write_text(json.dumps(more))
+    assert series.main(["--task", "carracing", "--out", str(out)]) == 0  # the same episodes, more may come
+    again = {"settings": {**stage_1["settings"], "seed": 1}}  # stage 1 collected afresh, as run.sh does
+    (out / "record" / "config.json").write_text(json.dumps(again))
+    with pytest.raises(UserError, match="input record"):
+        series.main(["--task", "carracing", "--out", str(out)])
+    assert series.main(["--task", "carracing", "--out", str(out), "--restart-on-change", "true"]) == 0
+    assert (out / "series.previous").is_dir() and len(series.list_series(out / "series")) == 3
+
+
 def test_stage_3_errors_are_one_line_with_nonzero_exit(trained, tmp_path):
     write_record(tmp_path, episodes=1)
     for out, task, message in (

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from env.common.cli import check_stage_flags, parse_config, run
 from env.common.files import read_json, stage_record, write_json
 from env.common.rundir import COMPLETE, RECORD, open_output
-from env.episodes import FormatError, Schema, list_episodes, read_episode, read_npz, write_npz
+from env.episodes import FormatError, Schema, list_episodes, read_episode, read_npz, record_fingerprint, write_npz
 from env.tasks import FRAME_SIZE, Task, get_task
 from vae.artifacts import check_vae_dir, fingerprint
 
@@ -117,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_vae_dir(vae_dir, task)
     vae_id = fingerprint(vae_dir)
     series_dir = out / "series"
-    record = stage_record(config, inputs={"vae": vae_id})
+    record = stage_record(config, inputs={"vae": vae_id, "record": record_fingerprint(out / "record")})
     state = open_output(
         series_dir, record, stage="stage 3", restart=config.restart_on_change, resumable=RESUMABLE_SETTINGS
     )
