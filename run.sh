@@ -13,10 +13,10 @@
 #   --seeds L  the pipeline once per seed of L into that default (or OUT-seed<S> with --out), then the table
 #              of controller.results.replicates in runs/<task>-<preset>-replicates.md (or OUT-replicates.md).
 #   --np N     (default: cores + 1) stage 5 runs under mpirun -np N when N > 1: rank 0 runs CMA-ES, N - 1 play.
-#   --rounds K (default 1, Doom) iterative training: after the pipeline, rounds 2..K each play the last round's C
+#   --rounds K (Doom; default the preset's: small 3, else 1) iterative training: after the pipeline, rounds 2..K each play the last round's C
 #              in VizDoom with exploration, continue M on all data so far and C in the new dream, and score
 #              both, in OUT/round<R>/; controller.results.rounds tabulates every round in OUT/rounds.md.
-#   Every run directory gets OUT/run.json: task, preset, seed, np and the command line that made it.
+#   Every run directory gets OUT/run.json: task, preset, seed, np, rounds and the command line that made it.
 #
 # The first call creates .venv from requirements.txt; a changed requirements.txt re-syncs it.
 set -euo pipefail
@@ -79,7 +79,7 @@ SEED=""
 SEEDS=""
 SEED_GIVEN=0
 SEEDS_GIVEN=0
-ROUNDS=1
+ROUNDS=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         carracing|doom) TASK="$1"; shift ;;
@@ -99,8 +99,10 @@ valid_seed() { [[ "$1" =~ ^(0|[1-9][0-9]{0,9})$ ]] && (( $1 <= 4294967295 )); }
 cores() { env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1; }
 NP="${NP:-$(( $(cores) + 1 ))}"
 [[ "$NP" =~ ^[1-9][0-9]*$ ]] || die "--np must be a positive integer, got '$NP'"
-[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "--rounds must be a positive integer, got '$ROUNDS'"
-[[ "$ROUNDS" == 1 || "$TASK" == doom ]] || die "--rounds is for doom: the car's controller trains in the real env"
+if [[ -n "$ROUNDS" ]]; then
+    [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "--rounds must be a positive integer, got '$ROUNDS'"
+    [[ "$ROUNDS" == 1 || "$TASK" == doom ]] || die "--rounds is for doom: the car's controller trains in the real env"
+fi
 [[ "$SEED_GIVEN" == 0 || "$SEEDS_GIVEN" == 0 ]] || die "--seed and --seeds exclude each other (--seeds runs the pipeline once per seed)"
 if [[ "$SEEDS_GIVEN" == 1 ]]; then
     IFS=, read -r -a SEED_LIST <<< "$SEEDS"
@@ -128,7 +130,7 @@ step() {
 
 # OUT/run.json, written atomically: what made this run directory.
 write_run_json() {
-    "$PY" - "$OUT" "$TASK" "$PRESET" "$SEED" "$NP" "${COMMAND_LINE[@]}" <<'PYTHON' || exit 2
+    "$PY" - "$OUT" "$TASK" "$PRESET" "$SEED" "$NP" "$ROUNDS" "${COMMAND_LINE[@]}" <<'PYTHON' || exit 2
 import shlex
 import sys
 from pathlib import Path
@@ -136,14 +138,20 @@ from pathlib import Path
 from env.common.cli import run
 from env.common.files import ensure_dir, git_commit, write_json
 
-out, task, preset, seed, np_, *command = sys.argv[1:]
-info = {"task": task, "preset": preset, "seed": int(seed), "np": int(np_), "command": shlex.join(command)}
+out, task, preset, seed, np_, rounds, *command = sys.argv[1:]
+info = {"task": task, "preset": preset, "seed": int(seed), "np": int(np_), "rounds": int(rounds)}
+info["command"] = shlex.join(command)
 run(lambda _: write_json(ensure_dir(Path(out)) / "run.json", {**info, "commit": git_commit()}))
 PYTHON
 }
 
 F_EXTRACT="$(stage_flags extract)"; F_VAE="$(stage_flags vae)"; F_SERIES="$(stage_flags series)"
 F_RNN="$(stage_flags rnn)"; F_CONTROLLER="$(stage_flags controller)"; F_EVALUATE="$(stage_flags evaluate)"
+# The preset's number of rounds unless --rounds gave one (presets: the `run` entry; 1 = the original's single pass).
+if [[ -z "$ROUNDS" ]]; then
+    ROUNDS="$(stage_flags run | sed -n 's/.*--rounds=\([0-9]*\).*/\1/p')"
+    ROUNDS="${ROUNDS:-1}"
+fi
 if [[ "$ROUNDS" -gt 1 ]]; then
     F_ROUND_EXTRACT="$(stage_flags round-extract)"; F_ROUND_RNN="$(stage_flags round-rnn)"
     F_ROUND_CONTROLLER="$(stage_flags round-controller)"

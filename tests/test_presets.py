@@ -30,6 +30,9 @@ def test_preset_keys_are_flags_of_their_stage(preset):
     assert set(PRESETS[preset]) == set(TASKS)
     for task, stages in PRESETS[preset].items():
         for stage, values in stages.items():
+            if stage == "run":  # run.sh's own defaults
+                assert set(values) == {"rounds"} and task == "doom", (preset, task)
+                continue
             fields = {f.name for f in dataclasses.fields(STAGE_CONFIGS[stage.removeprefix(ROUND)])}
             assert set(values) <= fields - {"out", "task"}, (preset, task, stage)
 

@@ -69,6 +69,22 @@ def test_replicates_table_takes_mean_and_std_across_seeds_and_lists_incomplete_r
     assert "evaluated an earlier zch" in capsys.readouterr().out  # the report's rule says so as it skips one
 
 
+def test_a_run_of_iterative_training_is_scored_by_its_last_round(tmp_path):
+    runs = tmp_path / "runs"
+    first = doom_run(runs, "doom-small", 0, real=[150, 250], dream=[1500, 1700], random=[200, 220])
+    info = json.loads((first / "run.json").read_text())
+    write(first / "run.json", {**info, "rounds": 3})
+    doom_run(first, "round3", 0, real=[600, 800], dream=[900, 1100])
+    doom_run(runs, "doom-small-seed1", 1, real=[300, 500], dream=[800, 1000], random=[200, 220])
+    write(runs / "doom-small-seed1" / "run.json", {**info, "seed": 1, "rounds": 3})  # round 3 not run yet
+    text, numbers, _ = replicates.build(replicates.ReplicatesConfig(task="doom", preset="small", runs=str(runs)))
+    seed0, seed1 = numbers["replicates"]
+    assert seed0["rounds"] == 3 and seed0["real"]["mean"] == 700.0 and seed0["dream"]["mean"] == 1000.0
+    assert seed0["random"]["mean"] == 210.0  # the random policy is the run directory's
+    assert seed1["real"] is None and "no round3/controller/zch/best.json (run stage 5)" in seed1["missing"]
+    assert "| 0 | `doom-small` (round 3) | 700 ± 100 (n=2) |" in text
+
+
 def test_replicates_with_expected_seeds_lists_a_missing_run_and_refuses_ambiguity(tmp_path, capsys):
     runs = tmp_path / "runs"
     doom_run(runs, "try-seed0", 0, real=[500], dream=[900], random=[200])
@@ -110,11 +126,12 @@ def test_run_sh_defaults_np_to_cores_plus_one_and_writes_run_json(tmp_path):
         proc.wait()
     info = json.loads((out / "run.json").read_text())
     cores = len(os.sched_getaffinity(0))
-    assert {k: info[k] for k in ("task", "preset", "seed", "np")} == {
+    assert {k: info[k] for k in ("task", "preset", "seed", "np", "rounds")} == {
         "task": "doom",
         "preset": "smoke",
         "seed": 7,
         "np": cores + 1,
+        "rounds": 1,  # the smoke preset's: no iterative training unless --rounds asks
     }
     assert info["command"].endswith(f"doom --preset smoke --seed 7 --out {out}")
     assert f"seed 7, --np {cores + 1} → {out}" in (tmp_path / "log").read_text()

@@ -25,7 +25,7 @@ import numpy as np
 
 from controller.model import default_mode
 from controller.results.paper import CAR_TABLE1, DOOM_RANDOM, DOOM_TAU
-from controller.results.report import controllers, random_baseline, score
+from controller.results.report import controllers, random_baseline, round_dir, score
 from env.common.cli import UserError, parse_config, run
 from env.common.files import atomic_write, read_json, write_json
 from env.tasks import Task, get_task
@@ -89,17 +89,21 @@ def gather(runs: Path, task: Task, preset: str, name: str = "") -> dict[int, tup
 def replicate(seed: int, run_dir: Path, info: dict[str, Any], task: Task) -> dict[str, Any]:
     """One run's scores {'real', 'dream', 'random'} (mean, std, n or None) and what it misses, by seed."""
     mode = default_mode(task)
+    rounds = int(info.get("rounds", 1))
+    final = round_dir(run_dir, rounds)
+    where = "" if rounds == 1 else f"round{rounds}/"
     entry: dict[str, Any] = {
         "seed": seed,
         "dir": str(run_dir),
         "run": info,
+        "rounds": rounds,
         "tau": None,
         **{c: None for c in COLUMNS},
     }
     missing = []
-    ctrl = next((c for c in controllers(run_dir, task) if c["name"] == mode), None)
+    ctrl = next((c for c in controllers(final, task) if c["name"] == mode), None)
     if ctrl is None:
-        missing.append(f"no controller/{mode}/best.json (run stage 5)")
+        missing.append(f"no {where}controller/{mode}/best.json (run stage 5)")
     else:
         settings = ctrl["settings"]
         entry["tau"] = settings.get("tau") if settings.get("env") == "dream" else None
@@ -109,7 +113,7 @@ def replicate(seed: int, run_dir: Path, info: dict[str, Any], task: Task) -> dic
         else:
             envs = ("real", "dream") if task.name == "doom" else ("real",)
             for env in envs:
-                file = f"eval/{mode}{'_dream' if env == 'dream' else ''}.json"
+                file = f"{where}eval/{mode}{'_dream' if env == 'dream' else ''}.json"
                 if ctrl[env]:
                     entry[env] = summary(ctrl[env])
                 elif (run_dir / file).exists():
@@ -229,13 +233,16 @@ def table(
         "same held-out test seeds. The across-seed row is the mean of the per-seed means ± their sample std "
         "(ddof = 1), over the seeds with that evaluation. An evaluation counts only when its params_sha256 "
         "matches the controller's best.json (it played the controller now in the run). The paper's numbers "
-        "are one run's mean ± std over 100 episodes, not a spread across seeds.",
+        "are one run's mean ± std over 100 episodes, not a spread across seeds. A run of iterative training "
+        "(`run.sh --rounds K`) is scored by its last round's controller (`OUT/round<K>/`), the random policy in "
+        "the run directory.",
         "",
         "| seed | run | " + " | ".join(headers[c] for c in columns) + " |",
         "|---|---|" + "---|" * len(columns),
     ]
     for e in entries:
-        lines.append(f"| {e['seed']} | `{Path(e['dir']).name}` | " + " | ".join(score(e[c]) for c in columns) + " |")
+        run = f"`{Path(e['dir']).name}`" + (f" (round {e['rounds']})" if e["rounds"] > 1 else "")
+        lines.append(f"| {e['seed']} | {run} | " + " | ".join(score(e[c]) for c in columns) + " |")
     n_seeds = len(entries)
     lines.append(
         f"| **across seeds** | {n_seeds} run(s) | " + " | ".join(across_cell(across[c]) for c in columns) + " |"

@@ -65,6 +65,11 @@ def crashed_episodes(found: list[dict[str, Any]], random: dict[str, Any] | None)
     return ", ".join(crashed) if crashed else "none did"
 
 
+def round_dir(out: Path, r: int) -> Path:
+    """Where round r of iterative training lives: the run directory for round 1, OUT/round<r>/ after."""
+    return Path(out) if r <= 1 else Path(out) / f"round{r}"
+
+
 def read_optional(path: Path) -> Any:
     return read_json(path) if path.exists() else None
 

@@ -19,7 +19,7 @@ from typing import Any
 from controller.model import default_mode
 from controller.results.calibration import ratio
 from controller.results.replicates import summary
-from controller.results.report import read_optional, score
+from controller.results.report import read_optional, round_dir, score
 from env.common.cli import UserError, parse_config, run
 from env.common.files import atomic_write, write_json
 from env.common.rundir import RECORD
@@ -34,11 +34,6 @@ class RoundsConfig:
     out: str = field(default="", metadata={"help": "run directory (round 1); later rounds in OUT/round<R>/"})
     task: str = field(default="doom", metadata={"help": "the task"})
     rounds: int = field(default=0, metadata={"help": "rounds to tabulate; 0 = every OUT/round<R>/ found"})
-
-
-def round_dir(out: Path, r: int) -> Path:
-    """Where round r lives: the run directory for round 1, OUT/round<r>/ after."""
-    return out if r == 1 else out / f"round{r}"
 
 
 def round_row(run_dir: Path, r: int, name: str) -> dict[str, Any]:

@@ -59,6 +59,7 @@ PRESETS: dict[str, dict[str, dict[str, dict[str, object]]]] = {
             "vae": {"epochs": 8, "max_frames": 32000},
             "rnn": {"steps": 600, "batch_size": 20},
             "controller": {"popsize": 32, "num_episode": 8, "generations": 30, "eval_every": 10, "eval_episodes": 128},
+            "run": {"rounds": 3},
             "round-extract": {"episodes": 200},
             "round-rnn": {"steps": 200},
             "round-controller": {"generations": 10, "eval_every": 5},
@@ -77,7 +78,8 @@ PRESETS: dict[str, dict[str, dict[str, dict[str, object]]]] = {
 """preset → task → stage → flag values. Stages: extract, vae, series, rnn, controller (stage 5) and
 evaluate (stage 6, also the random baseline). Anything not named here is the stage's default.
 Iterative training's later rounds (`run.sh --rounds`, Doom) run `round-extract`, `round-rnn` and
-`round-controller`: the flags of extract, rnn and controller, with these values on top."""
+`round-controller`: the flags of extract, rnn and controller, with these values on top. `run` holds
+run.sh's own defaults for the preset (`rounds`; 1, the original's single pass, where absent)."""
 
 PARALLEL_STAGES = ("extract", "evaluate")
 """Stages that take `--workers`: with --np N they use min(N, cores) processes (stage 5 runs under mpirun)."""
