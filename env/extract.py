@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from controller.agent import Agent, ExploringAgent, FixedPolicy, Policy
 from env.common.cli import UserError, check_stage_flags, parse_config, run
 from env.common.files import stage_record, write_json
 from env.common.processes import init_worker, stop_processes
 from env.common.rundir import COMPLETE, RECORD, open_output
 from env.episodes import RECORD_RESUMABLE, episode_path, write_episode
-from env.policies import make_collection_policy
 from env.tasks import Task, check_backend, get_task, implied_settings
 from env.wrappers import FULL_EPISODE_BACKENDS, make_env
 
@@ -84,48 +84,37 @@ def episode_seeds(config: ExtractConfig, index: int, attempt: int) -> np.random.
     return np.random.SeedSequence([config.seed, index, attempt] + ([config.round] if config.round else []))
 
 
-class CollectionPolicy:
-    """The task's data-collection policy, drawn afresh each episode, as a Policy."""
-
-    def __init__(self, task: Task):
-        self.task, self.policy, self.t = task, None, 0
-
-    def reset(self, rng: np.random.Generator) -> None:
-        self.policy, self.t = make_collection_policy(self.task, rng), 0
-
-    def act(self, obs: np.ndarray) -> np.ndarray:
-        self.t += 1
-        return self.policy(self.t - 1)
-
-
-def make_player(task: Task, config: ExtractConfig):
-    """What stage 1 plays: the collection policy, or with --play a trained controller with exploration."""
-    if not config.play:
-        return CollectionPolicy(task)
-    from controller.agent import Agent, ExploringAgent
+def played_controller(task: Task, config: ExtractConfig):
+    """With --play: (params file, controller shape, params, its record, the run directory of its V and M)."""
     from controller.artifacts import params_path, read_params
 
     params_file = params_path(config.play, task)
-    shape, params, _ = read_params(params_file, task)
-    agent = Agent.load(params_file.parent.parent.parent, task, shape)
+    shape, params, record = read_params(params_file, task)
+    return params_file, shape, params, record, params_file.parent.parent.parent
+
+
+def make_player(task: Task, config: ExtractConfig) -> Policy:
+    """What stage 1 plays: the collection policy, or with --play a trained controller with exploration."""
+    if not config.play:
+        return FixedPolicy(task, task.collect_policy)
+    _, shape, params, _, run_dir = played_controller(task, config)
+    agent = Agent.load(run_dir, task, shape)
     agent.set_params(params)
     return ExploringAgent(agent, config.explore)
 
 
 def played_inputs(task: Task, config: ExtractConfig) -> dict[str, str]:
-    """With --play: the fingerprints of the controller and of the V and M it plays with (checked to load)."""
-    from controller.artifacts import params_path, params_sha256, read_params
+    """With --play: the fingerprints of the controller and of the V and M it plays with (checked to match)."""
+    from controller.artifacts import params_sha256
     from controller.train import trained_models
 
-    params_file = params_path(config.play, task)
-    shape, params, record = read_params(params_file, task)
-    models = trained_models(params_file, record, params_file.parent.parent.parent, task, shape)
-    return {"controller": params_sha256(params), **models}
+    params_file, shape, params, record, run_dir = played_controller(task, config)
+    return {"controller": params_sha256(params), **trained_models(params_file, record, run_dir, task, shape)}
 
 
-def collect_episode(env, task: Task, config: ExtractConfig, index: int, record_dir: Path, player=None) -> int:
-    """Play and write episode slot `index`; returns its length. Short Doom episodes are redrawn."""
-    player = player or make_player(task, config)
+def collect_episode(env, task: Task, config: ExtractConfig, index: int, record_dir: Path, player: Policy) -> int:
+    """Play and write episode slot `index` with `player` (make_player); returns its length. Short Doom episodes
+    are redrawn."""
     for attempt in range(MAX_ATTEMPTS):
         seeds = episode_seeds(config, index, attempt)
         env_seed = int(seeds.generate_state(1)[0] & 0x7FFFFFFF)

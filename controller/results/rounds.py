@@ -86,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(config.out)
     if not out.is_dir():
         raise UserError(f"{out}: no such run directory")
+    if config.rounds < 0:
+        raise UserError(f"--rounds must be ≥ 0 (0 = every round found), got {config.rounds}")
     count = config.rounds
     if count == 0:
         count = 1
