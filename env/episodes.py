@@ -11,7 +11,12 @@ One `.npz` file per episode (ORIGINAL.md §2.4), named `ep_<index>.npz` in `reco
 | task   | str     | []            | task name                                                |
 | seed   | int64   | []            | the env seed of the episode                              |
 
-The schema machinery (`Schema`, `read_npz`, `write_npz`) is shared with the other per-episode formats.
+The file is a zip (`np.load` opens it). Every array is a stored `.npy` member except the frames: `obs.zlib` is
+one zlib stream of the raw uint8 frames (C order) in a stored member, so tf.data reads and inflates it in
+C++ (`frame_dataset`) while zlib's own checksum still catches a corrupt frame. Files of the older layout (the
+frames as an uncompressed `obs.npy`) are read by `read_episode`; `python -m env.episodes --convert DIR`
+rewrites them for the stream. The schema machinery (`Schema`, `read_npz`, `write_npz`) is shared with the
+other per-episode formats.
 """
 
 from __future__ import annotations
@@ -20,24 +25,25 @@ import hashlib
 import io
 import json
 import re
+import struct
 import zipfile
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from env.common.cli import UserError
+from env.common.cli import UserError, parse_config, run
 from env.common.files import atomic_write, read_json
 from env.common.rundir import ALWAYS_RESUMABLE, RECORD
-from env.tasks import FRAME_SIZE, Task
+from env.tasks import FRAME_SIZE, Task, get_task
 
 RECORD_RESUMABLE = ("episodes", "workers")
 """Stage 1's settings a rerun may change and still add to the same `record/`."""
 COMPRESS_LEVEL = 1
-"""zlib level of the npz files: ≈ 3× faster to write than numpy's default level for ≈ 10–25 % more disk."""
+"""zlib level of the frames: ≈ 3× faster to write than numpy's default level for ≈ 10–50 % more disk."""
 EPISODE_PATTERN = re.compile(r"^ep_(\d{6,})\.npz$")
 
 
@@ -48,11 +54,13 @@ class FormatError(UserError):
 @dataclass(frozen=True)
 class Schema:
     """Per-field dtype and trailing shape of a per-episode npz file; 'T' is the shared length, other
-    names are sizes given when validating (e.g. 'A' = action size); `scalars` are 0-d metadata fields."""
+    names are sizes given when validating (e.g. 'A' = action size); `scalars` are 0-d metadata fields;
+    `compressed` arrays (leading 'T', fixed trailing sizes) are stored as a zlib stream `<name>.zlib`."""
 
     name: str
     arrays: Mapping[str, tuple[str, tuple[Any, ...]]]
     scalars: Mapping[str, str]
+    compressed: tuple[str, ...] = ()
 
     def check(self, path: Path, data: Mapping[str, np.ndarray], sizes: Mapping[str, int]) -> int:
         """Validate `data`; returns T. Raises FormatError naming `path` and the field."""
@@ -99,19 +107,35 @@ EPISODE = Schema(
         "done": ("bool", ("T",)),
     },
     scalars={"task": "str", "seed": "int64"},
+    compressed=("obs",),
 )
 
 
 def write_npz(path: Path, schema: Schema, data: Mapping[str, Any], sizes: Mapping[str, int]) -> None:
-    """Validate `data` against `schema` and write it atomically as a compressed npz (byte-reproducible)."""
+    """Validate `data` against `schema` and write it atomically (byte-reproducible): `.npy` members, and a
+    zlib stream `<name>.zlib` for each of the schema's `compressed` arrays; every member is stored."""
     arrays = {k: np.asarray(v) for k, v in data.items()}
     schema.check(Path(path), arrays, sizes)
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=COMPRESS_LEVEL) as zf:
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as zf:
         for key, value in arrays.items():
+            if key in schema.compressed:
+                info = zipfile.ZipInfo(f"{key}.zlib", date_time=(1980, 1, 1, 0, 0, 0))
+                zf.writestr(info, zlib.compress(np.ascontiguousarray(value).tobytes(), COMPRESS_LEVEL))
+                continue
             with zf.open(zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0)), "w", force_zip64=True) as f:
                 np.lib.format.write_array(f, value, allow_pickle=False)
     atomic_write(Path(path), lambda f: f.write(buffer.getbuffer()))
+
+
+def _inflate(path: Path, schema: Schema, key: str, blob: bytes) -> np.ndarray:
+    """A `compressed` field from its zlib stream; FormatError when it does not inflate to whole rows."""
+    dtype, shape = schema.arrays[key]
+    raw = zlib.decompress(blob)
+    row = int(np.prod(shape[1:])) * np.dtype(dtype).itemsize
+    if len(raw) % row:
+        raise FormatError(f"{path}: field {key!r} holds {len(raw)} bytes, not a whole number of {shape[1:]} rows")
+    return np.frombuffer(raw, dtype).reshape(-1, *shape[1:])
 
 
 def read_npz(
@@ -122,7 +146,12 @@ def read_npz(
     wanted = list(schema.arrays) + list(schema.scalars) if fields is None else list(fields)
     try:
         with np.load(path, allow_pickle=False) as npz:
-            data = {key: npz[key] for key in wanted if key in npz.files}
+            data = {}
+            for key in wanted:
+                if key in schema.compressed and f"{key}.zlib" in npz.files:
+                    data[key] = _inflate(path, schema, key, npz[f"{key}.zlib"])
+                elif key in npz.files:
+                    data[key] = npz[key]
     except FileNotFoundError:
         raise FormatError(f"{path}: {schema.name} file is missing") from None
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as err:
@@ -187,35 +216,88 @@ def list_episodes(record_dir: Path, made_by: str = "stage 1, env.extract") -> li
     return paths
 
 
+def frame_locations(paths: Sequence[Path]) -> tuple[list[int], list[int]]:
+    """Byte offset and size of each episode file's `obs.zlib` stream, read from the zip headers; a UserError
+    naming the file and the converter for a file of the older layout."""
+    offsets, sizes = [], []
+    for path in paths:
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+                if "obs.zlib" not in names:
+                    if "obs.npy" in names:
+                        raise UserError(
+                            f"{path}: episode file of the older layout (uncompressed obs.npy); convert the record "
+                            f"once with: python -m env.episodes --convert {Path(path).parent}"
+                        )
+                    raise FormatError(f"{path}: episode field 'obs' is missing")
+                info = zf.getinfo("obs.zlib")
+            with open(path, "rb") as f:
+                f.seek(info.header_offset)
+                header = f.read(30)
+        except (zipfile.BadZipFile, OSError) as err:
+            raise FormatError(f"{path}: corrupt or truncated episode file ({err})") from None
+        if len(header) < 30 or header[:4] != b"PK\x03\x04" or info.compress_type != zipfile.ZIP_STORED:
+            raise FormatError(f"{path}: corrupt episode file (bad header of member obs.zlib)")
+        name_length, extra_length = struct.unpack("<HH", header[26:30])
+        offsets.append(info.header_offset + 30 + name_length + extra_length)
+        sizes.append(info.compress_size)
+    return offsets, sizes
+
+
 def frame_dataset(
     paths: Sequence[Path], task: Task, batch_size: int, seed: int, shuffle_buffer: int = 10_000, cycle_length: int = 8
 ):
-    """tf.data stream of uint8 [batch, 64, 64, 3] frame batches from episode files.
+    """tf.data stream of uint8 [batch, 64, 64, 3] frame batches from episode files, all in TensorFlow's C++.
 
-    Episode order is reshuffled every pass; frames of `cycle_length` episodes are interleaved and
-    shuffled through a buffer of `shuffle_buffer` frames. Memory is bounded by the buffer and the
-    open episodes: every frame enters the stream as its own copy, so a buffered frame never keeps
-    its whole 12 MB episode alive (unbatching an episode tensor would: 10,000 buffered frames could
-    pin thousands of episodes). The interleave is sequential: a parallel interleave over per-frame
-    Python generators stalls on the GIL. It still delivers ≈ 2,500 frames/s here, ≈ 8× what V
-    trains at, and tf.data prefetches batches in the background. The last partial batch is dropped (as the original).
+    Episode order is reshuffled every pass; episodes are read and inflated in parallel (`tf.io.read_file`,
+    `tf.io.decode_compressed`), the frames of `cycle_length` episodes are interleaved and shuffled through a
+    buffer of `shuffle_buffer` frames. Memory is bounded by the buffer and the episodes in flight:
+    `unbatch` copies every frame out of its episode, so a buffered frame never keeps its episode alive. zlib's
+    checksum fails a corrupt episode before any of its frames is emitted; `first_bad_episode` then names it.
+    The last partial batch is dropped (as the original).
     """
     import tensorflow as tf
 
-    def frames_of(path: bytes):
-        for frame in read_episode(Path(path.decode()), task, fields=("obs",))["obs"]:
-            yield frame.copy()
+    offsets, sizes = frame_locations(paths)
 
-    spec = tf.TensorSpec((FRAME_SIZE, FRAME_SIZE, 3), tf.uint8)
-    files = tf.data.Dataset.from_tensor_slices([str(p) for p in paths])
+    def frames_of(path, offset, size):
+        stream = tf.strings.substr(tf.io.read_file(path), offset, size)
+        raw = tf.io.decode_raw(tf.io.decode_compressed(stream, compression_type="ZLIB"), tf.uint8)
+        return tf.reshape(raw, (-1, FRAME_SIZE, FRAME_SIZE, 3))
+
+    files = tf.data.Dataset.from_tensor_slices(([str(p) for p in paths], offsets, sizes))
     files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
-    frames = files.interleave(
-        lambda p: tf.data.Dataset.from_generator(frames_of, args=(p,), output_signature=spec),
-        cycle_length=cycle_length,
-        block_length=1,
+    episodes = files.map(frames_of, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    frames = episodes.interleave(
+        lambda episode: tf.data.Dataset.from_tensors(episode).unbatch(), cycle_length=cycle_length, block_length=1
     )
     frames = frames.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     return frames.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def first_bad_episode(paths: Sequence[Path], task: Task) -> FormatError | None:
+    """The error naming the first of `paths` that does not read as an episode of `task`, or None."""
+    for path in paths:
+        try:
+            read_episode(path, task, fields=("obs",))
+        except FormatError as err:
+            return err
+    return None
+
+
+def convert(record_dir: Path) -> int:
+    """Rewrite the episode files of `record_dir` that have the older layout; returns how many."""
+    converted = 0
+    for path in list_episodes(record_dir):
+        with zipfile.ZipFile(path) as zf:
+            if "obs.zlib" in zf.namelist():
+                continue
+        data = read_episode(path)
+        task = get_task(str(data["task"]))
+        write_episode(path, task, data["obs"], data["action"], data["reward"], data["done"], int(data["seed"]))
+        converted += 1
+    return converted
 
 
 def record_fingerprint(record_dir: Path) -> str | None:
@@ -229,3 +311,20 @@ def record_fingerprint(record_dir: Path) -> str | None:
     settings = {k: v for k, v in (record.get("settings") or {}).items() if k not in ignored}
     blob = json.dumps({"settings": settings, "inputs": record.get("inputs") or {}}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+@dataclass
+class ConvertConfig:
+    """Rewrite the episode files of the older layout (uncompressed obs.npy) in a record directory."""
+
+    convert: str = field(metadata={"help": "a record directory (OUT/record)"})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config = parse_config(ConvertConfig, argv)
+    print(f"{config.convert}: {convert(Path(config.convert))} episode file(s) converted", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)

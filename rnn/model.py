@@ -22,9 +22,9 @@ from keras import layers, ops
 
 from env.common.cli import UserError, run
 from env.common.files import atomic_write
-from env.common.training import load_model, save_model
+from env.common.training import save_model
 from env.tasks import TASKS, Task, get_task
-from rnn.artifacts import MIXTURES, MODEL_FILE, WEIGHTS_FILE, check_rnn_dir
+from rnn.artifacts import MIXTURES, MODEL_FILE, WEIGHTS_FILE, check_rnn_dir, load_weights
 
 DONE_WEIGHT = 10.0
 """Weight of the done BCE on positive targets (WME doomrnn: restart_factor)."""
@@ -141,8 +141,13 @@ class MDNRNN(keras.Model):
         self.extra_inputs, self.predicts_done = tuple(extra_inputs), predicts_done
         self.predicts_reward = predicts_reward
         self.stateful, self.seed = stateful, seed
-        cell = RestartLSTMCell(units, reset_on_restart="restart" in self.extra_inputs, name="lstm_cell")
-        self.lstm = layers.RNN(cell, return_sequences=True, return_state=True, stateful=stateful, name="lstm")
+        if "restart" in self.extra_inputs:
+            cell = RestartLSTMCell(units, reset_on_restart=True, name="lstm_cell")
+            self.lstm = layers.RNN(cell, return_sequences=True, return_state=True, stateful=stateful, name="lstm")
+        else:  # the fused layer: cuDNN's kernel on a GPU, the same LSTMCell loop elsewhere
+            self.lstm = layers.LSTM(
+                units, unit_forget_bias=True, return_sequences=True, return_state=True, stateful=stateful, name="lstm"
+            )
         self.head = layers.Dense(z_size * MIXTURES * 3 + int(predicts_done) + int(predicts_reward), name="mdn")
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.trackers = {name: keras.metrics.Mean(name=name) for name in self.loss_names}
@@ -256,18 +261,24 @@ def plain_copy(model: MDNRNN, task: Task) -> MDNRNN:
     return plain
 
 
-def export_weights(model: MDNRNN) -> dict[str, np.ndarray]:
-    """Named float32 weights: lstm.kernel [in, 4u], lstm.recurrent_kernel [u, 4u], lstm.bias [4u] (Keras gate
-    order i, f, c, o), mdn.kernel [u, NOUT], mdn.bias [NOUT]."""
+def named_variables(model: MDNRNN) -> dict:
+    """M's variables by their exported names: lstm.kernel [in, 4u], lstm.recurrent_kernel [u, 4u], lstm.bias
+    [4u] (Keras gate order i, f, c, o), mdn.kernel [u, NOUT], mdn.bias [NOUT]."""
     cell = model.lstm.cell
-    named = {
+    return {
         "lstm.kernel": cell.kernel,
         "lstm.recurrent_kernel": cell.recurrent_kernel,
         "lstm.bias": cell.bias,
         "mdn.kernel": model.head.kernel,
         "mdn.bias": model.head.bias,
     }
-    return {key: np.asarray(ops.convert_to_numpy(value), np.float32) for key, value in named.items()}
+
+
+def export_weights(model: MDNRNN) -> dict[str, np.ndarray]:
+    """Named float32 weights (see `named_variables`)."""
+    return {
+        key: np.asarray(ops.convert_to_numpy(value), np.float32) for key, value in named_variables(model).items()
+    }
 
 
 def save_rnn(model: MDNRNN, rnn_dir: Path, task: Task, extra: dict[str, np.ndarray] | None = None) -> None:
@@ -287,12 +298,18 @@ def save_rnn(model: MDNRNN, rnn_dir: Path, task: Task, extra: dict[str, np.ndarr
 
 
 def load_rnn(rnn_dir: Path, task: Task) -> MDNRNN:
-    """Load the trained M of `task` from `rnn_dir`; a UserError if missing, corrupt or another task's."""
+    """The trained M of `task` from `rnn_dir`, built from its named weights (`weights.npz`), so an M saved
+    with another Keras layer layout (the car's LSTM before it was the fused layer) loads the same; a
+    UserError if missing, corrupt or another task's."""
     check_rnn_dir(rnn_dir, task)
-    path = Path(rnn_dir) / MODEL_FILE
-    model = load_model(path)
-    if not isinstance(model, MDNRNN) or model.z_size != task.z_size or model.units != task.rnn_units:
-        raise UserError(f"{path}: not an MDN-RNN with z = {task.z_size}, {task.rnn_units} units for {task.name}")
+    weights = load_weights(rnn_dir, task)
+    model = build_rnn(task, dream_heads=bool(weights.get("predicts_reward", False)))
+    for key, variable in named_variables(model).items():
+        if tuple(weights[key].shape) != tuple(variable.shape):
+            raise UserError(
+                f"{Path(rnn_dir) / WEIGHTS_FILE}: {key} has shape {weights[key].shape}, expected {tuple(variable.shape)}"
+            )
+        variable.assign(weights[key])
     return model
 
 

@@ -1,10 +1,24 @@
 """The episode format's writer and reader: round trip, validation naming file and field, tf.data streams."""
 
+import zipfile
+import zlib
+
 import numpy as np
 import pytest
 
 from env.common.cli import UserError
-from env.episodes import FormatError, episode_path, frame_dataset, list_episodes, read_episode, write_episode
+from env.episodes import (
+    FormatError,
+    convert,
+    episode_path,
+    first_bad_episode,
+    frame_dataset,
+    frame_locations,
+    list_episodes,
+    read_episode,
+    write_episode,
+)
+from env.episodes import main as episodes_main
 from env.tasks import get_task
 
 CAR = get_task("carracing")
@@ -115,3 +129,54 @@ def test_frame_dataset_yields_every_frame_once_per_pass(tmp_path):
     assert passes[0] != passes[1]  # reshuffled every pass
     # frames of different episodes are mixed within the first batches
     assert len({t[0] for t in passes[0][:10]}) > 1
+
+
+def test_frames_are_one_zlib_stream_in_a_stored_member(tmp_path):
+    ep = fake_episode(12)
+    ep["obs"][:6] = 90  # six flat frames: compressible, unlike the noise of the rest
+    path = episode_path(tmp_path, 0)
+    write_episode(path, CAR, seed=0, **ep)
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo("obs.zlib")
+        assert info.compress_type == zipfile.ZIP_STORED and "obs.npy" not in zf.namelist()
+        stream = zf.read("obs.zlib")
+    raw = zlib.decompress(stream)
+    np.testing.assert_array_equal(np.frombuffer(raw, np.uint8).reshape(12, 64, 64, 3), ep["obs"])
+    assert len(stream) < 0.6 * ep["obs"].nbytes  # the flat half compresses to almost nothing
+    offsets, sizes = frame_locations([path])
+    assert path.read_bytes()[offsets[0] : offsets[0] + sizes[0]] == stream
+
+
+def test_older_layout_is_read_refused_by_the_stream_and_converted(tmp_path):
+    ep = fake_episode(9)
+    path = episode_path(tmp_path, 0)
+    np.savez(path, **ep, task=np.str_("carracing"), seed=np.int64(5))  # frames as an uncompressed obs.npy
+    np.testing.assert_array_equal(read_episode(path, CAR)["obs"], ep["obs"])
+    with pytest.raises(UserError, match=r"ep_000000.npz: episode file of the older layout .*--convert"):
+        frame_dataset([path], CAR, batch_size=3, seed=0)
+    assert episodes_main(["--convert", str(tmp_path)]) == 0
+    back = read_episode(path, CAR)
+    for key, value in ep.items():
+        np.testing.assert_array_equal(back[key], value)
+    assert int(back["seed"]) == 5
+    frames = np.concatenate([b.numpy() for b in frame_dataset([path], CAR, batch_size=3, seed=0)])
+    assert sorted(map(bytes, frames)) == sorted(map(bytes, ep["obs"]))
+    assert convert(tmp_path) == 0  # already converted
+
+
+def test_stream_never_emits_a_corrupt_episode_and_the_file_is_named(tmp_path):
+    import tensorflow as tf
+
+    good, bad = episode_path(tmp_path, 0), episode_path(tmp_path, 1)
+    for i, path in enumerate((good, bad)):
+        write_episode(path, CAR, seed=i, **fake_episode(10, seed=i))
+    offsets, sizes = frame_locations([bad])
+    data = bytearray(bad.read_bytes())
+    data[offsets[0] + sizes[0] // 2] ^= 0x01  # one bit inside the frames' zlib stream
+    bad.write_bytes(bytes(data))
+    with pytest.raises(tf.errors.OpError):
+        for _ in frame_dataset([bad], CAR, batch_size=1, seed=0, shuffle_buffer=1):
+            pytest.fail("a frame of the corrupt episode was emitted")
+    error = first_bad_episode([good, bad], CAR)
+    assert isinstance(error, FormatError) and str(bad) in str(error)
+    assert first_bad_episode([good], CAR) is None

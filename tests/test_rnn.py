@@ -66,6 +66,35 @@ def test_save_and_load_give_identical_outputs(models, task, tmp_path):
         load_rnn(tmp_path, other)
 
 
+def test_car_m_runs_the_fused_lstm_layer_and_matches_the_cell_loop(models):
+    import keras
+
+    car = models["carracing"]
+    assert type(car.lstm) is keras.layers.LSTM  # cuDNN's kernel where a GPU is present
+    assert type(models["doom"].lstm) is keras.layers.RNN  # the restart cell needs the step loop
+    loop = keras.layers.RNN(keras.layers.LSTMCell(256), return_sequences=True, return_state=True)
+    x = np.random.default_rng(4).normal(size=(2, 9, input_size(CAR))).astype(np.float32)
+    loop(x)
+    loop.set_weights(car.lstm.get_weights())
+    fused, h, c = car.lstm(x)
+    reference, h_ref, c_ref = loop(x)
+    np.testing.assert_allclose(np.asarray(fused), np.asarray(reference), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(c), np.asarray(c_ref), atol=1e-6)
+
+
+def test_loading_needs_only_the_named_weights(models, tmp_path):
+    (tmp_path / "config.json").write_text('{"settings": {"task": "carracing"}}')
+    save_rnn(models["carracing"], tmp_path, CAR)
+    (tmp_path / "rnn.keras").write_bytes(b"a Keras file of another layer layout")
+    x = np.random.default_rng(5).normal(size=(1, 4, input_size(CAR))).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(load_rnn(tmp_path, CAR)(x)[0]), np.asarray(models["carracing"](x)[0]))
+    weights = dict(np.load(tmp_path / "weights.npz"))
+    weights["mdn.bias"] = weights["mdn.bias"][:-1]
+    np.savez(tmp_path / "weights.npz", **weights)
+    with pytest.raises(UserError, match="mdn.bias has shape"):
+        load_rnn(tmp_path, CAR)
+
+
 def test_head_layout_is_logits_means_logstds_per_dimension_after_the_done_logit():
     z = 3
     params = np.arange(1 + z * 15, dtype=np.float32)[None]

@@ -12,7 +12,7 @@ import pytest
 from env.common.cli import UserError
 from env.common.hardware import training_device
 from env.common.training import standard_callbacks
-from env.episodes import episode_path, list_episodes, read_episode, write_episode
+from env.episodes import FormatError, episode_path, frame_locations, list_episodes, read_episode, write_episode
 from env.tasks import get_task
 from tests.conftest import ROOT
 from vae import series, train
@@ -214,3 +214,15 @@ def test_stage_3_errors_are_one_line_with_nonzero_exit(trained, tmp_path):
         assert proc.returncode == 2
         assert proc.stderr.strip().splitlines() == [f"error: {proc.stderr.strip()[7:]}"]
         assert message in proc.stderr
+
+
+def test_stage_2_names_an_episode_the_stream_finds_corrupt(tmp_path):
+    write_record(tmp_path, episodes=12)
+    bad = episode_path(tmp_path / "record", 2)  # not one of the preview grid's episodes: only the stream reads it
+    offsets, sizes = frame_locations([bad])
+    data = bytearray(bad.read_bytes())
+    data[offsets[0] + sizes[0] // 2] ^= 0x01
+    bad.write_bytes(bytes(data))
+    with pytest.raises(FormatError, match=f"{bad}: corrupt or truncated episode file"):
+        train.main([*TINY, "--out", str(tmp_path)])
+    assert not (tmp_path / "vae" / "weights.npz").exists()

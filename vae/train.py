@@ -21,7 +21,7 @@ from env.common.files import atomic_write, ensure_dir, stage_record, write_json
 from env.common.hardware import resolve_precision, training_device
 from env.common.rundir import RECORD
 from env.common.training import fit_from, last_logged, open_training_output, restore, standard_callbacks
-from env.episodes import frame_dataset, list_episodes, read_episode
+from env.episodes import first_bad_episode, frame_dataset, list_episodes, read_episode
 from env.tasks import Task, get_task
 from vae import KL_TOLERANCE
 from vae.artifacts import MODEL_FILE
@@ -119,6 +119,7 @@ def train(
 ) -> dict:
     """Build or restore V and fit it on the frame stream; returns the final model, metrics and throughput."""
     import keras
+    import tensorflow as tf
 
     from vae.model import build_vae
 
@@ -152,7 +153,13 @@ def train(
         *extra_callbacks,
     ]
     start = time.perf_counter()
-    fit_from(model, frames_from, start_step, total_steps, steps_per_epoch, callbacks)
+    try:
+        fit_from(model, frames_from, start_step, total_steps, steps_per_epoch, callbacks)
+    except tf.errors.OpError:
+        bad = first_bad_episode(paths, task)  # the stream's error does not name the file; this does
+        if bad is not None:
+            raise bad from None
+        raise
     seconds = time.perf_counter() - start
     trained = int(model.optimizer.iterations) - start_step
 

@@ -1,10 +1,12 @@
-"""M training throughput: fit() on stage 4's step-keyed series stream vs a plain tf.function loop.
+"""M training throughput: the series stream alone, fit() on it vs a plain tf.function loop, and M's step
+against the same M built on a plain `keras.layers.LSTM`.
 
 Run with `./run.sh bench` (or `python tests/benchmarks/bench_rnn.py [--quick]`). Prints one table.
-CarRacing shape (LSTM 256, 999 input steps, batch 100) and Doom shape (LSTM 512, 499 input steps
-of chained streams, batch 100), both in one process after warm-up: the plain loop calls a
-`tf.function` of the model's `train_step` on one in-memory batch; `fit()` reads every batch from
-series files as stage 4 does.
+CarRacing shape (LSTM 256, 999 input steps, batch 100) and Doom shape (LSTM 512 with the restart cell,
+499 input steps of chained streams, batch 100), all in one process after warm-up: the stream alone
+reads stage 4's step-keyed batches from series files; the plain loop calls a `tf.function` of the
+model's `train_step` on one in-memory batch; `fit()` reads every batch from the stream as stage 4
+does. The car's M is itself the fused layer; for Doom the twin shows what the restart cell costs.
 """
 
 from __future__ import annotations
@@ -48,10 +50,41 @@ def fake_series(out: Path, task, episodes: int, length: int) -> None:
         )
 
 
-def rates(task, series_dir: Path) -> tuple[float, float]:
-    """(plain loop, fit on the stream) training sequences/s."""
+def fused_twin(task, stateful: bool):
+    """An M of the same size, inputs and loss whose LSTM is a plain `keras.layers.LSTM` (the fused layer,
+    cuDNN's kernel on a GPU): for Doom it ignores the restart flag, so it bounds what the restart cell costs."""
+    import keras
+
+    from rnn.model import MDNRNN, heads, input_size
+
+    class FusedMDNRNN(MDNRNN):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.lstm = keras.layers.LSTM(
+                self.units, unit_forget_bias=True, return_sequences=True, return_state=True, stateful=self.stateful
+            )
+
+    done, reward = heads(task)
+    model = FusedMDNRNN(
+        task.z_size,
+        task.action_dim,
+        task.rnn_units,
+        task.rnn_extra_inputs,
+        done,
+        stateful=stateful,
+        seed=0,
+        predicts_reward=reward,
+    )
+    model(np.zeros((BATCH, 2, input_size(task)), np.float32))
+    return model
+
+
+def rates(task, series_dir: Path) -> dict[str, float]:
+    """Sequences/s: the series stream alone; M's plain tf.function loop and fit() on the stream; the same
+    two for the fused-LSTM twin (`fused_twin`)."""
     import keras
     import tensorflow as tf
+    from bench_vae import timed_fit
 
     from rnn.data import EpisodeBatches, SeriesSet, StreamBatches
     from rnn.model import DecayToFloor, build_rnn
@@ -60,25 +93,35 @@ def rates(task, series_dir: Path) -> tuple[float, float]:
     series = SeriesSet(list_series(series_dir), task)
     streams = task.rnn_batching == "streams"
     batches = (StreamBatches if streams else EpisodeBatches)(series, BATCH, task.rnn_seq_len, 0)
-    model = build_rnn(task, batch_size=BATCH, stateful=streams, seed=0)
-    model.compile(optimizer=keras.optimizers.Adam(DecayToFloor(1e-3, task.rnn_lr_decay), epsilon=1e-8, clipvalue=1.0))
-    batch = {k: tf.constant(v) for k, v in batches(0).items()}
-    step = tf.function(model.train_step)
+
+    def stream(steps: int):
+        return step_dataset(batches, 0, steps, task, BATCH, task.rnn_seq_len)
+
+    count = 8 if QUICK else 30
+    iterator = iter(stream(2 + count))
     for _ in range(2):
-        step(batch)
+        next(iterator)
     start = time.perf_counter()
-    for _ in range(STEPS):
-        logs = step(batch)
-    float(logs["loss"])
-    plain = STEPS * BATCH / (time.perf_counter() - start)
+    for _ in range(count):
+        next(iterator)
+    result = {"stream": count * BATCH / (time.perf_counter() - start)}
 
-    from bench_vae import timed_fit
-
-    fitted = (
-        timed_fit(model, step_dataset(batches, 0, 2 + STEPS, task, BATCH, task.rnn_seq_len), warmup=2, steps=STEPS)
-        * BATCH
-    )
-    return plain, fitted
+    batch = {k: tf.constant(v) for k, v in batches(0).items()}
+    models = {"M": build_rnn(task, batch_size=BATCH, stateful=streams, seed=0), "fused": fused_twin(task, streams)}
+    for name, model in models.items():
+        model.compile(
+            optimizer=keras.optimizers.Adam(DecayToFloor(1e-3, task.rnn_lr_decay), epsilon=1e-8, clipvalue=1.0)
+        )
+        step = tf.function(model.train_step)
+        for _ in range(2):
+            step(batch)
+        start = time.perf_counter()
+        for _ in range(STEPS):
+            logs = step(batch)
+        float(logs["loss"])
+        result[f"{name} loop"] = STEPS * BATCH / (time.perf_counter() - start)
+        result[f"{name} fit"] = timed_fit(model, stream(2 + STEPS), warmup=2, steps=STEPS) * BATCH
+    return result
 
 
 def main() -> None:
@@ -90,12 +133,20 @@ def main() -> None:
             results[name] = rates(task, Path(tmp, name))
     print(
         f"\nM benchmark — {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-        f"{' (quick)' if QUICK else ''}; batch {BATCH}, {STEPS} timed steps"
+        f"{' (quick)' if QUICK else ''}; batch {BATCH}, {STEPS} timed steps; sequences/s"
     )
-    print(f"{'training':<40}{'plain loop seq/s':>18}{'fit() stream seq/s':>20}{'fit/plain':>11}")
-    labels = {"carracing": "CarRacing: LSTM 256, 999 steps", "doom": "Doom: LSTM 512, 499 steps, streams"}
-    for name, (plain, fitted) in results.items():
-        print(f"{labels[name]:<40}{plain:>18.1f}{fitted:>20.1f}{fitted / plain:>11.2f}")
+    print(
+        f"{'':<36}{'stream alone':>13}{'M loop':>9}{'M fit()':>9}{'stream/fit':>11}"
+        f"{'LSTM loop':>11}{'LSTM fit()':>11}{'M/LSTM step':>13}"
+    )
+    labels = {"carracing": "CarRacing: LSTM 256, 999 steps", "doom": "Doom: LSTM 512 restart, 499 steps"}
+    for name, r in results.items():
+        print(
+            f"{labels[name]:<36}{r['stream']:>13.0f}{r['M loop']:>9.1f}{r['M fit']:>9.1f}"
+            f"{r['stream'] / r['M fit']:>11.1f}{r['fused loop']:>11.1f}{r['fused fit']:>11.1f}"
+            f"{r['fused fit'] / r['M fit']:>13.2f}"
+        )
+    print("M/LSTM step: M's fit() step time ÷ the fused keras.layers.LSTM twin's (goal ≤ 1.15).")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """V throughput and memory: training images/s with fit() on the stream vs a plain loop, peak RSS of
 stage 2 on N vs 4·N episodes, and the numpy encoder twin vs Keras at batch 1.
 
-Run with `./run.sh bench` (or `python tests/benchmarks/bench_vae.py [--quick]`). Prints one table.
+Run with `./run.sh bench` (or `python tests/benchmarks/bench_vae.py [--quick] [OUT/record ...]`). Prints one table.
+- Stream: frames/s of stage 2's frame stream alone, on the synthetic record and on any real records given.
 - Training: the same ConvVAE and batch size 100, timed after warm-up in one process: a plain loop
   calling a `tf.function` of `train_step` on one in-memory batch, then `fit()` on the shuffled
   tf.data stream of frames read from episode files (what stage 2 runs), in float32 and in
@@ -27,10 +28,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from env.episodes import episode_path, list_episodes, write_episode  # noqa: E402
+from env.episodes import episode_path, list_episodes, read_episode, write_episode  # noqa: E402
 from env.tasks import get_task  # noqa: E402
 
 QUICK = "--quick" in sys.argv
+RECORDS = [Path(arg) for arg in sys.argv[1:] if not arg.startswith("--")]
+"""Real records (OUT/record) to stream as well, given as arguments."""
 TASK = get_task("carracing")
 BATCH = 100
 STEPS = {"float32": 10 if QUICK else 40, "mixed_bfloat16": 3 if QUICK else 5}
@@ -88,6 +91,20 @@ def training_rates(record: Path, precision: str) -> tuple[float, float]:
     fitted = timed_fit(model, stream, warmup=3, steps=STEPS[precision]) * BATCH
     keras.config.set_dtype_policy("float32")
     return plain, fitted
+
+
+def stream_rate(record: Path, task) -> float:
+    """Frames/s of stage 2's frame stream alone (batches of 100), timed after the shuffle buffer is full."""
+    from env.episodes import frame_dataset
+
+    iterator = iter(frame_dataset(list_episodes(record), task, BATCH, seed=0).repeat())
+    for _ in range(120):  # 12,000 frames: the 10,000-frame buffer is full
+        next(iterator)
+    start, batches = time.perf_counter(), 0
+    while time.perf_counter() - start < (3 if QUICK else 10):
+        next(iterator)
+        batches += 1
+    return batches * BATCH / (time.perf_counter() - start)
 
 
 def timed_fit(model, data, warmup: int, steps: int) -> float:
@@ -158,6 +175,10 @@ def main() -> None:
         small, large = Path(tmp, "small"), Path(tmp, "large")
         synthetic_record(small, N_EPISODES)
         synthetic_record(large, 4 * N_EPISODES)
+        streams = {"synthetic CarRacing (N)": stream_rate(small / "record", TASK)}
+        for record in RECORDS:
+            task = get_task(read_episode(list_episodes(record)[0], fields=("task",))["task"].item())
+            streams[f"{record} ({task.name})"] = stream_rate(record, task)
         rss_small, stage_rate_small = stage_peak_rss(small, epochs=4)
         rss_large, stage_rate_large = stage_peak_rss(large, epochs=1)
         rates = {p: training_rates(small / "record", p) for p in ("float32", "mixed_bfloat16")}
@@ -167,6 +188,9 @@ def main() -> None:
         f"\nV benchmark — {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
         f"{' (quick)' if QUICK else ''}; batch {BATCH}; timed steps {STEPS}"
     )
+    print(f"{'V frame stream alone':<34}{'frames/s':>18}")
+    for name, rate in streams.items():
+        print(f"{'  ' + name:<34}{rate:>18.0f}")
     print(f"{'training':<34}{'plain loop img/s':>18}{'fit() stream img/s':>20}{'fit/plain':>11}")
     for precision, (plain, fitted) in rates.items():
         print(f"{precision:<34}{plain:>18.0f}{fitted:>20.0f}{fitted / plain:>11.2f}")
