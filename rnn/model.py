@@ -276,9 +276,7 @@ def named_variables(model: MDNRNN) -> dict:
 
 def export_weights(model: MDNRNN) -> dict[str, np.ndarray]:
     """Named float32 weights (see `named_variables`)."""
-    return {
-        key: np.asarray(ops.convert_to_numpy(value), np.float32) for key, value in named_variables(model).items()
-    }
+    return {key: np.asarray(ops.convert_to_numpy(value), np.float32) for key, value in named_variables(model).items()}
 
 
 def save_rnn(model: MDNRNN, rnn_dir: Path, task: Task, extra: dict[str, np.ndarray] | None = None) -> None:
