@@ -85,6 +85,23 @@ def test_a_run_of_iterative_training_is_scored_by_its_last_round(tmp_path):
     assert "| 0 | `doom-small` (round 3) | 700 ± 100 (n=2) |" in text
 
 
+def test_rounds_flag_scores_every_run_at_that_round(tmp_path):
+    runs = tmp_path / "runs"
+    first = doom_run(runs, "doom-small", 0, real=[150, 250], random=[200, 220])  # run.json without rounds
+    doom_run(first, "round3", 0, real=[600, 800])
+    doom_run(first, "round5", 0, real=[500, 700])  # extended past the preset's 3 rounds
+    doom_run(runs, "doom-small-seed1", 1, real=[300, 500], random=[200, 220])  # stopped after round 1
+    config = replicates.ReplicatesConfig(task="doom", preset="small", runs=str(runs), rounds=3)
+    _, numbers, _ = replicates.build(config)
+    seed0, seed1 = numbers["replicates"]
+    assert seed0["rounds"] == 3 and seed0["real"]["mean"] == 700.0
+    assert seed1["real"] is None and "no round3/controller/zch/best.json (run stage 5)" in seed1["missing"]
+    _, numbers, _ = replicates.build(replicates.ReplicatesConfig(task="doom", preset="small", runs=str(runs)))
+    assert numbers["replicates"][0]["real"]["mean"] == 200.0  # without --rounds: what run.json records (1)
+    with pytest.raises(UserError, match="--rounds must be ≥ 0"):
+        replicates.build(replicates.ReplicatesConfig(task="doom", preset="small", runs=str(runs), rounds=-1))
+
+
 def test_replicates_with_expected_seeds_lists_a_missing_run_and_refuses_ambiguity(tmp_path, capsys):
     runs = tmp_path / "runs"
     doom_run(runs, "try-seed0", 0, real=[500], dream=[900], random=[200])

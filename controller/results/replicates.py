@@ -50,6 +50,13 @@ class ReplicatesConfig:
         default="", metadata={"help": "comma-separated seeds expected; one without a run is listed as incomplete"}
     )
     out: str = field(default="", metadata={"help": "markdown file (default RUNS/<task>-<preset>-replicates.md)"})
+    rounds: int = field(
+        default=0,
+        metadata={
+            "help": "score every run at this round of iterative training (a run that went further counts at "
+            "round K; one that stopped short is incomplete); 0 = each run's last round as its run.json records"
+        },
+    )
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -86,10 +93,11 @@ def gather(runs: Path, task: Task, preset: str, name: str = "") -> dict[int, tup
     return found
 
 
-def replicate(seed: int, run_dir: Path, info: dict[str, Any], task: Task) -> dict[str, Any]:
-    """One run's scores {'real', 'dream', 'random'} (mean, std, n or None) and what it misses, by seed."""
+def replicate(seed: int, run_dir: Path, info: dict[str, Any], task: Task, at_round: int = 0) -> dict[str, Any]:
+    """One run's scores {'real', 'dream', 'random'} (mean, std, n or None) and what it misses, by seed; scored
+    at round `at_round` when > 0, else at the last round its run.json records."""
     mode = default_mode(task)
-    rounds = int(info.get("rounds", 1))
+    rounds = at_round or int(info.get("rounds", 1))
     final = round_dir(run_dir, rounds)
     where = "" if rounds == 1 else f"round{rounds}/"
     entry: dict[str, Any] = {
@@ -177,7 +185,9 @@ def build(config: ReplicatesConfig) -> tuple[str, dict[str, Any], Path]:
             f"no run directory {where} has a run.json for {task.name} at preset {config.preset!r} (make them with "
             f"./run.sh {task.name} --preset {config.preset} --seeds 0,1,2)"
         )
-    entries = [replicate(seed, *found[seed], task) for seed in sorted(found)]
+    if config.rounds < 0:
+        raise UserError(f"--rounds must be ≥ 0 (0 = each run's own), got {config.rounds}")
+    entries = [replicate(seed, *found[seed], task, config.rounds) for seed in sorted(found)]
     absent = [s for s in expected or () if s not in found]
     columns = COLUMNS if task.name == "doom" else ("real", "random")
     across = {c: across_seeds([e[c]["mean"] for e in entries if e[c]]) for c in columns}
@@ -234,8 +244,8 @@ def table(
         "(ddof = 1), over the seeds with that evaluation. An evaluation counts only when its params_sha256 "
         "matches the controller's best.json (it played the controller now in the run). The paper's numbers "
         "are one run's mean ± std over 100 episodes, not a spread across seeds. A run of iterative training "
-        "(`run.sh --rounds K`) is scored by its last round's controller (`OUT/round<K>/`), the random policy in "
-        "the run directory.",
+        "(`run.sh --rounds K`) is scored by its last round's controller (`OUT/round<K>/`; with `--rounds K`, every "
+        "run by round K's), the random policy in the run directory.",
         "",
         "| seed | run | " + " | ".join(headers[c] for c in columns) + " |",
         "|---|---|" + "---|" * len(columns),
