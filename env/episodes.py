@@ -93,7 +93,7 @@ class Schema:
                 raise FormatError(
                     f"{path}: field {key!r} is {data[key].dtype}{list(data[key].shape)}, expected a {dtype} scalar"
                 )
-        if not length:
+        if self.arrays and not length:
             raise FormatError(f"{path}: {self.name} is empty (length 0)")
         return length
 

@@ -180,3 +180,10 @@ def test_stream_never_emits_a_corrupt_episode_and_the_file_is_named(tmp_path):
     error = first_bad_episode([good, bad], CAR)
     assert isinstance(error, FormatError) and str(bad) in str(error)
     assert first_bad_episode([good], CAR) is None
+
+
+def test_metadata_alone_can_be_read(tmp_path):
+    path = episode_path(tmp_path, 0)
+    write_episode(path, DOOM, seed=11, **fake_episode(3, action_dim=1))
+    data = read_episode(path, fields=("task", "seed"))
+    assert set(data) == {"task", "seed"} and str(data["task"]) == "doom" and int(data["seed"]) == 11
