@@ -5,9 +5,10 @@ Run with `./run.sh bench` (or `python tests/benchmarks/bench_rnn.py [--quick]`).
 CarRacing shape (LSTM 256, 999 input steps, batch 100) and Doom shape (LSTM 512 with the restart cell,
 499 input steps of chained streams, batch 100), all in one process after warm-up: the stream alone
 reads stage 4's step-keyed batches from series files; the plain loop calls a `tf.function` of the
-model's `train_step` on one in-memory batch; `fit()` reads every batch from the stream as stage 4
-does, three times per model, alternating, reporting the median. The car's M is itself the fused
-layer, so its ratio shows this machine's noise; for Doom the twin shows what the restart cell costs.
+model's `train_step` on one in-memory batch (also in mixed_bfloat16, stage 4's `--precision`);
+`fit()` reads every batch from the stream as stage 4 does, three times per model, alternating,
+reporting the median. The car's M is itself the fused layer, so its ratio shows this machine's
+noise; for Doom the twin shows what the restart cell costs.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from vae.series import list_series, write_series  # noqa: E402
 QUICK = "--quick" in sys.argv
 STEPS = 2 if QUICK else 5
 ROUNDS = 1 if QUICK else 3
+BF16_STEPS = 1 if QUICK else 3
+"""Timed steps of M in mixed_bfloat16 (the plain loop only; slow on CPUs without native bf16)."""
 """fit() is timed this many times per model, alternating between M and its fused twin; the median counts."""
 BATCH = 100
 
@@ -126,6 +129,17 @@ def rates(task, series_dir: Path) -> dict[str, float]:
             logs = step(batch)
         float(logs["loss"])
         result[f"{name} loop"] = STEPS * BATCH / (time.perf_counter() - start)
+    keras.config.set_dtype_policy("mixed_bfloat16")  # stage 4's --precision mixed_bfloat16
+    half = build_rnn(task, batch_size=BATCH, stateful=streams, seed=0)
+    half.compile(optimizer=keras.optimizers.Adam(DecayToFloor(1e-3, task.rnn_lr_decay), epsilon=1e-8, clipvalue=1.0))
+    step = tf.function(half.train_step)
+    step(batch)
+    start = time.perf_counter()
+    for _ in range(BF16_STEPS):
+        logs = step(batch)
+    float(logs["loss"])
+    result["M loop bf16"] = BF16_STEPS * BATCH / (time.perf_counter() - start)
+    keras.config.set_dtype_policy("float32")
     fits: dict[str, list[float]] = {name: [] for name in models}
     for _ in range(ROUNDS):  # alternating, so the machine's drift hits both models alike
         for name, model in models.items():
@@ -148,14 +162,14 @@ def main() -> None:
     )
     print(
         f"{'':<36}{'stream alone':>13}{'M loop':>9}{'M fit()':>9}{'stream/fit':>11}"
-        f"{'LSTM loop':>11}{'LSTM fit()':>11}{'M/LSTM step':>13}"
+        f"{'LSTM loop':>11}{'LSTM fit()':>11}{'M/LSTM step':>13}{'M loop bf16':>13}"
     )
     labels = {"carracing": "CarRacing: LSTM 256, 999 steps", "doom": "Doom: LSTM 512 restart, 499 steps"}
     for name, r in results.items():
         print(
             f"{labels[name]:<36}{r['stream']:>13.0f}{r['M loop']:>9.1f}{r['M fit']:>9.1f}"
             f"{r['stream'] / r['M fit']:>11.1f}{r['fused loop']:>11.1f}{r['fused fit']:>11.1f}"
-            f"{r['fused fit'] / r['M fit']:>13.2f}"
+            f"{r['fused fit'] / r['M fit']:>13.2f}{r['M loop bf16']:>13.1f}"
         )
     print(
         "M/LSTM step: M's fit() step time ÷ the fused keras.layers.LSTM twin's (goal ≤ 1.15); the car's M is that layer."
