@@ -44,6 +44,8 @@ RECORD_RESUMABLE = ("episodes", "workers")
 """Stage 1's settings a rerun may change and still add to the same `record/`."""
 COMPRESS_LEVEL = 1
 """zlib level of the frames: ≈ 3× faster to write than numpy's default level for ≈ 10–50 % more disk."""
+FRAMES_MEMBER, OLDER_FRAMES_MEMBER = "obs.zlib", "obs.npy"
+"""The zip member holding an episode's frames, and where the older layout kept them uncompressed."""
 EPISODE_PATTERN = re.compile(r"^ep_(\d{6,})\.npz$")
 
 
@@ -224,21 +226,21 @@ def frame_locations(paths: Sequence[Path]) -> tuple[list[int], list[int]]:
         try:
             with zipfile.ZipFile(path) as zf:
                 names = zf.namelist()
-                if "obs.zlib" not in names:
-                    if "obs.npy" in names:
+                if FRAMES_MEMBER not in names:
+                    if OLDER_FRAMES_MEMBER in names:
                         raise UserError(
-                            f"{path}: episode file of the older layout (uncompressed obs.npy); convert the record "
+                            f"{path}: episode file of the older layout (uncompressed {OLDER_FRAMES_MEMBER}); convert the record "
                             f"once with: python -m env.episodes --convert {Path(path).parent}"
                         )
                     raise FormatError(f"{path}: episode field 'obs' is missing")
-                info = zf.getinfo("obs.zlib")
+                info = zf.getinfo(FRAMES_MEMBER)
             with open(path, "rb") as f:
                 f.seek(info.header_offset)
                 header = f.read(30)
         except (zipfile.BadZipFile, OSError) as err:
             raise FormatError(f"{path}: corrupt or truncated episode file ({err})") from None
         if len(header) < 30 or header[:4] != b"PK\x03\x04" or info.compress_type != zipfile.ZIP_STORED:
-            raise FormatError(f"{path}: corrupt episode file (bad header of member obs.zlib)")
+            raise FormatError(f"{path}: corrupt episode file (bad header of member {FRAMES_MEMBER})")
         name_length, extra_length = struct.unpack("<HH", header[26:30])
         offsets.append(info.header_offset + 30 + name_length + extra_length)
         sizes.append(info.compress_size)
@@ -291,7 +293,7 @@ def convert(record_dir: Path) -> int:
     converted = 0
     for path in list_episodes(record_dir):
         with zipfile.ZipFile(path) as zf:
-            if "obs.zlib" in zf.namelist():
+            if FRAMES_MEMBER in zf.namelist():
                 continue
         data = read_episode(path)
         task = get_task(str(data["task"]))

@@ -104,6 +104,14 @@ class RestartLSTMCell(layers.LSTMCell):
         return {**super().get_config(), "reset_on_restart": self.reset_on_restart}
 
 
+def fused_lstm(units: int, stateful: bool) -> layers.LSTM:
+    """M's LSTM where no restart flag resets it (the car): the fused layer, cuDNN's kernel on a GPU and the
+    same `LSTMCell` loop elsewhere."""
+    return layers.LSTM(
+        units, unit_forget_bias=True, return_sequences=True, return_state=True, stateful=stateful, name="lstm"
+    )
+
+
 @keras.saving.register_keras_serializable(package="worldmodels")
 class DecayToFloor(keras.optimizers.schedules.LearningRateSchedule):
     """lr(step) = (initial − floor) · decay^step + floor (WME rnn_train.py)."""
@@ -144,10 +152,8 @@ class MDNRNN(keras.Model):
         if "restart" in self.extra_inputs:
             cell = RestartLSTMCell(units, reset_on_restart=True, name="lstm_cell")
             self.lstm = layers.RNN(cell, return_sequences=True, return_state=True, stateful=stateful, name="lstm")
-        else:  # the fused layer: cuDNN's kernel on a GPU, the same LSTMCell loop elsewhere
-            self.lstm = layers.LSTM(
-                units, unit_forget_bias=True, return_sequences=True, return_state=True, stateful=stateful, name="lstm"
-            )
+        else:
+            self.lstm = fused_lstm(units, stateful)
         self.head = layers.Dense(z_size * MIXTURES * 3 + int(predicts_done) + int(predicts_reward), name="mdn")
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.trackers = {name: keras.metrics.Mean(name=name) for name in self.loss_names}

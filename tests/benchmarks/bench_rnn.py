@@ -32,9 +32,9 @@ from vae.series import list_series, write_series  # noqa: E402
 QUICK = "--quick" in sys.argv
 STEPS = 2 if QUICK else 5
 ROUNDS = 1 if QUICK else 3
+"""fit() is timed this many times per model, alternating between M and its fused twin; the median counts."""
 BF16_STEPS = 1 if QUICK else 3
 """Timed steps of M in mixed_bfloat16 (the plain loop only; slow on CPUs without native bf16)."""
-"""fit() is timed this many times per model, alternating between M and its fused twin; the median counts."""
 BATCH = 100
 
 
@@ -60,16 +60,12 @@ def fake_series(out: Path, task, episodes: int, length: int) -> None:
 def fused_twin(task, stateful: bool):
     """An M of the same size, inputs and loss whose LSTM is a plain `keras.layers.LSTM` (the fused layer,
     cuDNN's kernel on a GPU): for Doom it ignores the restart flag, so it bounds what the restart cell costs."""
-    import keras
-
-    from rnn.model import MDNRNN, heads, input_size
+    from rnn.model import MDNRNN, fused_lstm, heads, input_size
 
     class FusedMDNRNN(MDNRNN):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
-            self.lstm = keras.layers.LSTM(
-                self.units, unit_forget_bias=True, return_sequences=True, return_state=True, stateful=self.stateful
-            )
+            self.lstm = fused_lstm(self.units, self.stateful)
 
     done, reward = heads(task)
     model = FusedMDNRNN(
@@ -106,6 +102,13 @@ def rates(task, series_dir: Path) -> dict[str, float]:
     def stream(steps: int):
         return step_dataset(batches, 0, steps, task, BATCH, task.rnn_seq_len)
 
+    def compiled(model):
+        """Stage 4's optimizer: Adam with TF1's ε, the decaying learning rate, element-wise clipping."""
+        model.compile(
+            optimizer=keras.optimizers.Adam(DecayToFloor(1e-3, task.rnn_lr_decay), epsilon=1e-8, clipvalue=1.0)
+        )
+        return model
+
     count = 8 if QUICK else 30
     iterator = iter(stream(2 + count))
     for _ in range(2):
@@ -118,10 +121,7 @@ def rates(task, series_dir: Path) -> dict[str, float]:
     batch = {k: tf.constant(v) for k, v in batches(0).items()}
     models = {"M": build_rnn(task, batch_size=BATCH, stateful=streams, seed=0), "fused": fused_twin(task, streams)}
     for name, model in models.items():
-        model.compile(
-            optimizer=keras.optimizers.Adam(DecayToFloor(1e-3, task.rnn_lr_decay), epsilon=1e-8, clipvalue=1.0)
-        )
-        step = tf.function(model.train_step)
+        step = tf.function(compiled(model).train_step)
         for _ in range(2):
             step(batch)
         start = time.perf_counter()
@@ -130,9 +130,7 @@ def rates(task, series_dir: Path) -> dict[str, float]:
         float(logs["loss"])
         result[f"{name} loop"] = STEPS * BATCH / (time.perf_counter() - start)
     keras.config.set_dtype_policy("mixed_bfloat16")  # stage 4's --precision mixed_bfloat16
-    half = build_rnn(task, batch_size=BATCH, stateful=streams, seed=0)
-    half.compile(optimizer=keras.optimizers.Adam(DecayToFloor(1e-3, task.rnn_lr_decay), epsilon=1e-8, clipvalue=1.0))
-    step = tf.function(half.train_step)
+    step = tf.function(compiled(build_rnn(task, batch_size=BATCH, stateful=streams, seed=0)).train_step)
     step(batch)
     start = time.perf_counter()
     for _ in range(BF16_STEPS):
