@@ -35,7 +35,7 @@ from env.common.rundir import COMPLETE, open_output
 from env.policies import POLICIES
 from env.tasks import Task, check_backend, get_task, implied_settings
 from env.wrappers import make_env
-from rnn.dream import TAU
+from rnn.dream import DONE_RULES, TAU
 
 GIF_FRAMES = 500
 """A recorded episode keeps at most about this many frames (every k-th frame of longer episodes)."""
@@ -88,6 +88,13 @@ class EvaluateConfig:
         default="real", metadata={"help": "'real' env, or M's 'dream' (Doom; written as eval/NAME_dream.json)"}
     )
     tau: float = field(default=TAU, metadata={"help": "the dream's temperature with --env dream"})
+    dream_done: str = field(
+        default="threshold",
+        metadata={
+            "help": "how M's done logit ends a dream episode: 'threshold' (the original: logit > 0) or 'sample' "
+            "(a draw with the death probability the logit stands for, see README)"
+        },
+    )
     backend: str = field(
         default="",
         metadata={
@@ -161,6 +168,8 @@ def resolve(config: EvaluateConfig) -> tuple[Task, RolloutSpec, np.ndarray | Non
             raise UserError("--gif records the real env only")
         if config.tau <= 0:
             raise UserError(f"--tau must be positive, got {config.tau}")
+        if config.dream_done not in DONE_RULES:
+            raise UserError(f"--dream-done must be one of {', '.join(DONE_RULES)}, got {config.dream_done!r}")
         check_dream(run_dir, task)
     if config.random and config.policy:
         raise UserError("--random is --policy with the task's baseline: give one of them")
@@ -173,6 +182,8 @@ def resolve(config: EvaluateConfig) -> tuple[Task, RolloutSpec, np.ndarray | Non
         loaded = {"policy": label}
         if config.env == "dream":
             loaded.update(tau=config.tau, models=model_fingerprints(run_dir, task, needs_m=True))
+            if config.dream_done != "threshold":
+                loaded["dream_done"] = config.dream_done
         spec = RolloutSpec(
             str(run_dir),
             task.name,
@@ -181,6 +192,7 @@ def resolve(config: EvaluateConfig) -> tuple[Task, RolloutSpec, np.ndarray | Non
             policy=policy,
             env=config.env,
             tau=config.tau,
+            dream_done=config.dream_done,
             backend=config.backend,
         )
         return task, spec, None, loaded
@@ -199,8 +211,17 @@ def resolve(config: EvaluateConfig) -> tuple[Task, RolloutSpec, np.ndarray | Non
     }
     if config.env == "dream":
         loaded["tau"] = config.tau
+        if config.dream_done != "threshold":
+            loaded["dream_done"] = config.dream_done
     spec = RolloutSpec(
-        str(run_dir), task.name, shape.mode, config.max_steps, env=config.env, tau=config.tau, backend=config.backend
+        str(run_dir),
+        task.name,
+        shape.mode,
+        config.max_steps,
+        env=config.env,
+        tau=config.tau,
+        dream_done=config.dream_done,
+        backend=config.backend,
     )
     return task, spec, params, loaded
 
@@ -223,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             stage="stage 6",
             restart=True,
             force=config.force,
-            resumable=RESUMABLE_SETTINGS + (("tau",) if config.env == "real" else ()),
+            resumable=RESUMABLE_SETTINGS + (("tau", "dream_done") if config.env == "real" else ()),
             complete=lambda previous: "mean" in previous and (not config.gif or gif_path.exists()),
             record_file=result_path,
         )
@@ -279,7 +300,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             if failed.any()
             else ""
         )
-        where = f" in the dream (τ = {config.tau:g})" if config.env == "dream" else f" on {config.backend}"
+        where = (
+            f" in the dream (τ = {config.tau:g}, done: {config.dream_done})"
+            if config.env == "dream"
+            else f" on {config.backend}"
+        )
         print(
             f"[stage 6] {task.name} {config.name}{where}: {mean:.1f} ± {std:.1f} (n={n}){failures}; "
             f"{seconds:.0f} s → {result_path}",

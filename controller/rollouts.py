@@ -53,6 +53,8 @@ class RolloutSpec:
     """'real': the task's environment; 'dream': M as the environment (rnn/dream.py)."""
     tau: float = TAU
     """The dream's temperature."""
+    dream_done: str = "threshold"
+    """How M's done logit ends a dream episode (rnn.dream.DONE_RULES)."""
     backend: str = ""
     """The engine of the real env (env.wrappers.ENVS); '' = the task's scoring backend."""
 
@@ -220,7 +222,9 @@ class DreamRollouts:
         """Every (candidate, seed) episode of `job`, stepped together until the last one ends."""
         seeds = np.asarray(job.seeds, dtype=np.int64)
         k, episodes = seeds.shape
-        dream = DreamBatch(self.rnn, seeds.reshape(-1), self.spec.tau, self.spec.max_steps)
+        dream = DreamBatch(
+            self.rnn, seeds.reshape(-1), self.spec.tau, self.spec.max_steps, done_rule=self.spec.dream_done
+        )
         if self.spec.policy:
             policies = [
                 make_policy(self.spec.policy, self.task, np.random.default_rng([int(s), AGENT_STREAM]))

@@ -36,7 +36,7 @@ from env.common.rundir import NEW, RECORD, open_output
 from env.tasks import Task, check_backend, get_task, implied_settings
 from rnn.artifacts import fingerprint as rnn_fingerprint
 from rnn.artifacts import load_weights as load_rnn_weights
-from rnn.dream import TAU
+from rnn.dream import DONE_RULES, TAU
 from vae.artifacts import fingerprint as vae_fingerprint
 from vae.artifacts import load_weights as load_vae_weights
 
@@ -84,6 +84,13 @@ class TrainConfig:
         },
     )
     tau: float = field(default=TAU, metadata={"help": "the dream's temperature (the paper's Doom agent: 1.15)"})
+    dream_done: str = field(
+        default="threshold",
+        metadata={
+            "help": "how M's done logit ends a dream episode: 'threshold' (the original: logit > 0) or 'sample' "
+            "(a draw with the death probability the logit stands for, see README)"
+        },
+    )
     backend: str = field(
         default="",
         metadata={
@@ -389,6 +396,8 @@ def prepare(config: TrainConfig) -> tuple[Task, ControllerShape, Path, SearchSta
             raise UserError(f"--{flag} must be 'real' or 'dream', got {value!r}")
     if config.tau <= 0:
         raise UserError(f"--tau must be positive, got {config.tau}")
+    if config.dream_done not in DONE_RULES:
+        raise UserError(f"--dream-done must be one of {', '.join(DONE_RULES)}, got {config.dream_done!r}")
     run_dir = Path(config.out)
     models = model_fingerprints(run_dir, task, shape.uses_m or "dream" in (config.env, config.eval_env))
     if "dream" in (config.env, config.eval_env):
@@ -427,7 +436,14 @@ def prepare(config: TrainConfig) -> tuple[Task, ControllerShape, Path, SearchSta
         )
         state = SearchState(0, es, [], [], None, 0.0, dataclasses.asdict(config), models)
     spec = RolloutSpec(
-        str(run_dir), task.name, shape.mode, config.max_steps, env=config.env, tau=config.tau, backend=config.backend
+        str(run_dir),
+        task.name,
+        shape.mode,
+        config.max_steps,
+        env=config.env,
+        tau=config.tau,
+        dream_done=config.dream_done,
+        backend=config.backend,
     )
     return task, shape, out_dir, state, spec
 
@@ -458,7 +474,9 @@ def main(argv: Sequence[str] | None = None, on_generation: Callable[[SearchState
         )
         pool = scope.open(spec, SerialPool)
         where = (
-            f"in M's dream at τ = {config.tau:g}" if config.env == "dream" else f"in the real env ({config.backend})"
+            f"in M's dream at τ = {config.tau:g} (done: {config.dream_done})"
+            if config.env == "dream"
+            else f"in the real env ({config.backend})"
         )
         print(
             f"[stage 5] {task.name}: {shape.mode} controller ({shape.n_params:,} params) {where}, CMA-ES population "

@@ -20,6 +20,8 @@ MADE_BY = "stage 4, rnn.train"
 MODEL_FILE = "rnn.keras"
 WEIGHTS_FILE = "weights.npz"
 WEIGHT_NAMES = ("lstm.kernel", "lstm.recurrent_kernel", "lstm.bias", "mdn.kernel", "mdn.bias")
+DONE_WEIGHT = 10.0
+"""Weight of the done BCE on positive targets (WME doomrnn: restart_factor)."""
 MIXTURES = 5
 """Gaussians in each latent dimension's mixture (WME rnn.py: num_mixture 5); the head's layout in `mdn.*`."""
 

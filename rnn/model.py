@@ -24,10 +24,8 @@ from env.common.cli import UserError, run
 from env.common.files import atomic_write
 from env.common.training import save_model
 from env.tasks import TASKS, Task, get_task
-from rnn.artifacts import MIXTURES, MODEL_FILE, WEIGHTS_FILE, check_rnn_dir, load_weights
+from rnn.artifacts import DONE_WEIGHT, MIXTURES, MODEL_FILE, WEIGHTS_FILE, check_rnn_dir, load_weights
 
-DONE_WEIGHT = 10.0
-"""Weight of the done BCE on positive targets (WME doomrnn: restart_factor)."""
 LR_FLOOR = 1e-5
 """M's learning rate decays towards this (WME: min_learning_rate)."""
 

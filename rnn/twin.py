@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from env.tasks import Task
-from rnn.artifacts import MIXTURES, load_weights
+from rnn.artifacts import DONE_WEIGHT, MIXTURES, load_weights
 
 
 @dataclass
@@ -96,6 +96,16 @@ class RNNTwin:
         """x = [z, a(, restart)]: float32 [B, in]; h, c [B, units] → (prediction of z_{t+1}, h', c')."""
         h, c = self.lstm(np.asarray(x, np.float32), h, c)
         return self.head(h), h, c
+
+
+def death_probability(done_logit: np.ndarray, weight: float = DONE_WEIGHT) -> np.ndarray:
+    """M's done logit → the probability that the episode ends at this step, float [...].
+
+    The done loss weights positives × `weight`, so its minimiser is logit(p) + ln(weight) where p is the
+    frequency of deaths: σ(logit − ln weight) undoes the weighting. The original's dream ends an episode where
+    logit > 0, i.e. where this probability exceeds 1 / (1 + weight)."""
+    shifted = np.asarray(done_logit, np.float64) - np.log(weight)
+    return np.exp(-np.logaddexp(0.0, -shifted))
 
 
 def sample_z(params: MixtureParams, tau: float, rng: np.random.Generator) -> np.ndarray:

@@ -52,6 +52,19 @@ def test_deaths_are_classified_by_ms_first_firing(logits, died, outcome, alarms,
     assert calibration.classify(np.array(logits, np.float32), died, 3) == (outcome, alarms, steps)
 
 
+def test_the_death_summary_counts_outcomes_and_sums_ms_death_probabilities():
+    ln10 = float(np.log(10.0))
+    episodes = [
+        (np.array([-50.0, ln10, ln10], np.float32), True),  # p = 0, 1/2, 1/2: one expected death, caught
+        (np.array([1.0, -50.0, -50.0, -50.0], np.float32), True),  # p = σ(1 − ln 10) at the start only: premature
+        (np.array([-50.0, 1.0], np.float32), False),  # survived, one false alarm
+    ]
+    found = calibration.death_summary(episodes, window=2)
+    assert (found["caught"], found["premature"], found["missed"], found["deaths"]) == (1, 1, 0, 2)
+    assert found["false_alarm_rate"] == pytest.approx(2 / (1 + 2 + 2))  # steps before the windows: 1, 2, and 2
+    assert found["expected_deaths"] == pytest.approx((1.0 + 1.0 / (1.0 + 10.0 / np.e)) / 2, rel=1e-6)
+
+
 def test_the_table_holds_every_policy_real_and_dreamed_with_the_ratio(doom_run, tmp_path, capsys):
     out = tmp_path / "run"
     for stage in ("vae", "rnn"):
@@ -82,6 +95,8 @@ def test_the_table_holds_every_policy_real_and_dreamed_with_the_ratio(doom_run, 
         assert line.rstrip(" |").endswith(f"{ratio:.2f}")
     death = found["death"]
     assert death["episodes"] == 2 and death["caught"] + death["premature"] + death["missed"] == death["deaths"]
+    assert death["expected_deaths"] is None or death["expected_deaths"] >= 0.0
+    assert found["dream_done"] == "threshold"
     assert (out / "calibration" / "record" / "config.json").exists()
 
     capsys.readouterr()

@@ -7,7 +7,7 @@ from controller.model import BatchController, Controller, controller_shape, feat
 from controller.rollouts import DreamRollouts, Job, RolloutSpec
 from env.tasks import get_task
 from rnn.dream import DreamBatch
-from rnn.twin import RNNTwin, sample_z, sample_z_from
+from rnn.twin import RNNTwin, death_probability, sample_z, sample_z_from
 
 DOOM = get_task("doom")
 
@@ -32,9 +32,9 @@ def doom_m(seed=0, done_bias=-4.0, initial_logvar=-2.0, starts=5):
     return RNNTwin(w, DOOM)
 
 
-def play(rnn, seeds, tau=1.15, max_steps=2100, action=0.3):
+def play(rnn, seeds, tau=1.15, max_steps=2100, action=0.3, done_rule="threshold"):
     """Step a DreamBatch with a constant action, recording each step's running rows → (dream, trace)."""
-    dream = DreamBatch(rnn, np.asarray(seeds), tau, max_steps)
+    dream = DreamBatch(rnn, np.asarray(seeds), tau, max_steps, done_rule=done_rule)
     trace = []
     while not dream.done:
         trace.append(
@@ -65,6 +65,47 @@ def test_done_is_the_logit_threshold_and_the_cap():
     assert (dream.lengths == 2100).all() and (dream.returns == 2100.0).all()
     dream, _ = play(never, np.arange(3), max_steps=40)
     assert (dream.lengths == 40).all()
+
+
+def test_death_probability_undoes_the_done_losss_weight():
+    # The weighted BCE at death frequency p, w·p·softplus(−l) + (1 − p)·softplus(l), minimised on a fine grid of
+    # logits: σ(l* − ln 10) must give p back.
+    grid = np.linspace(-12.0, 12.0, 240_001)
+    for p in (0.002, 0.01, 0.0909, 0.3, 0.9):
+        loss = 10.0 * p * np.logaddexp(0.0, -grid) + (1.0 - p) * np.logaddexp(0.0, grid)
+        assert death_probability(grid[np.argmin(loss)]) == pytest.approx(p, rel=1e-3)
+    assert death_probability(0.0) == pytest.approx(1.0 / 11.0)  # the original's threshold
+    assert death_probability(np.log(10.0)) == pytest.approx(0.5)
+    assert np.isfinite(death_probability(np.array([-800.0, 800.0]))).all()
+
+
+def test_the_sample_rule_ends_episodes_with_the_death_probability():
+    # A constant logit of ln(10/9): the threshold ends every episode at once; `sample` ends each step with
+    # p = σ(ln(10/9) − ln 10) = 0.1, so lengths are geometric: mean 1/p = 10, P(length > 20) = 0.9^20.
+    rnn = doom_m(done_bias=float(np.log(10.0 / 9.0)))
+    rnn.head_kernel[:, 0] = 0.0
+    dream, _ = play(rnn, np.arange(50), max_steps=2100)
+    assert (dream.lengths == 1).all()
+    dream, _ = play(rnn, np.arange(4000), max_steps=2100, done_rule="sample")
+    assert dream.lengths.mean() == pytest.approx(10.0, rel=0.05)
+    assert (dream.lengths > 20).mean() == pytest.approx(0.9**20, abs=0.02)
+    again, _ = play(rnn, np.arange(4000), max_steps=2100, done_rule="sample")
+    np.testing.assert_array_equal(again.lengths, dream.lengths)  # each episode's draws come from its seed
+    with pytest.raises(ValueError, match="done rule"):
+        DreamBatch(rnn, np.arange(2), 1.15, 100, done_rule="coin")
+
+
+def test_the_sample_rule_leaves_the_trajectory_of_the_threshold_rule():
+    # Same seeds, a done logit that never ends an episode under either rule within the cap: identical z, h, c.
+    rnn = doom_m(done_bias=-60.0)
+    rnn.head_kernel[:, 0] = 0.0
+    a, trace_a = play(rnn, np.arange(3), max_steps=150)
+    b, trace_b = play(rnn, np.arange(3), max_steps=150, done_rule="sample")
+    np.testing.assert_array_equal(a.lengths, b.lengths)
+    for step_a, step_b in zip(trace_a, trace_b):
+        for k in step_a:
+            for x, y in zip(step_a[k], step_b[k]):
+                np.testing.assert_array_equal(x, y)
 
 
 def test_a_batch_gives_each_episodes_own_trajectory_and_finished_ones_leave():

@@ -13,7 +13,9 @@ It also measures M's predicted death against the real one: on `--death-episodes`
 episodes of the data-collection policy (seeds no training run uses, `OUT/calibration/record/`), V's
 sampled z and the recorded actions are fed through M step by step, as in training; an episode's death
 is caught when M's done logit is first > 0 within `--window` steps before it, premature when it fires
-earlier (the dream would have ended the episode there), missed when it never fires.
+earlier (the dream would have ended the episode there), missed when it never fires. The same logits give
+M's expected number of deaths per episode, the sum of its death probabilities (`rnn.twin.death_probability`)
+over the episode's steps: 1 where M's hazard is calibrated, below 1 where M underrates the danger.
 
 Writes `OUT/calibration.md` and `OUT/calibration.json`; stage 7's report includes the table.
 """
@@ -36,8 +38,8 @@ from env.common.cli import UserError, check_stage_flags, parse_config, run
 from env.common.files import atomic_write, read_json, write_json
 from env.episodes import list_episodes, read_episode
 from env.tasks import Task, get_task
-from rnn.dream import TAU
-from rnn.twin import RNNTwin
+from rnn.dream import DONE_RULES, TAU
+from rnn.twin import RNNTwin, death_probability
 from vae.twin import EncoderTwin
 
 POLICIES = {
@@ -61,6 +63,9 @@ class CalibrationConfig:
     name: str = field(default="", metadata={"help": "the controller, OUT/controller/NAME/; '' = the task's mode"})
     episodes: int = field(default=100, metadata={"help": "held-out episodes per score (real and dream)"})
     taus: str = field(default="", metadata={"help": "dream temperatures; '' = 1.0 and the controller's training τ"})
+    dream_done: str = field(
+        default="", metadata={"help": "the dream's done rule, threshold or sample; '' = the controller's training rule"}
+    )
     death_episodes: int = field(default=50, metadata={"help": "recorded episodes for M's death prediction"})
     window: int = field(default=5, metadata={"help": "steps before a real death in which M's firing counts as caught"})
     workers: int = field(default=evaluate.EvaluateConfig.workers, metadata={"help": "processes for episodes"})
@@ -87,26 +92,33 @@ def classify(logits: np.ndarray, died: bool, window: int) -> tuple[str, int, int
     return ("premature" if fired[0] < cut else "caught"), alarms, cut
 
 
-def death_prediction(run_dir: Path, task: Task, window: int) -> dict[str, Any]:
-    """M's done logit on the recorded episodes of OUT/calibration/record/ (teacher-forced) → counts and rates."""
-    encoder = EncoderTwin.load(run_dir / "vae", task)
-    rnn = RNNTwin.load(run_dir / "rnn", task)
+def teacher_forced_logits(encoder: EncoderTwin, rnn: RNNTwin, episode: dict[str, Any]) -> np.ndarray:
+    """M's done logit float [T] along a recorded episode, fed V's sampled z and the recorded actions as in
+    training (restart on the first step); step t predicts the end after action t."""
+    mu, logvar = encoder(episode["obs"])
+    rng = np.random.default_rng([int(episode["seed"]), 3])
+    z = (mu + np.exp(0.5 * logvar) * rng.standard_normal(mu.shape)).astype(np.float32)
+    restart = np.zeros((len(z), 1), np.float32)
+    restart[0] = 1.0
+    x = np.concatenate([z, episode["action"], restart], axis=1)[:, None, :]
+    h, c = rnn.initial_state(1)
+    logits = np.empty(len(z), np.float32)
+    for t in range(len(z)):
+        h, c = rnn.lstm(x[t], h, c)
+        logits[t] = rnn.head(h).done_logit[0]
+    return logits
+
+
+def death_summary(episodes: Sequence[tuple[np.ndarray, bool]], window: int) -> dict[str, Any]:
+    """(done logits [T], died) per recorded episode → counts of caught, premature and missed deaths, the false
+    alarm rate before the windows, and M's expected deaths per dying episode (its death probabilities summed)."""
     outcomes = {"caught": 0, "premature": 0, "missed": 0, "survived": 0}
     alarms = quiet_steps = 0
-    for path in list_episodes(run_dir / "calibration" / "record"):
-        episode = read_episode(path, task, fields=("obs", "action", "done", "seed"))
-        mu, logvar = encoder(episode["obs"])
-        rng = np.random.default_rng([int(episode["seed"]), 3])
-        z = (mu + np.exp(0.5 * logvar) * rng.standard_normal(mu.shape)).astype(np.float32)
-        restart = np.zeros((len(z), 1), np.float32)
-        restart[0] = 1.0
-        x = np.concatenate([z, episode["action"], restart], axis=1)[:, None, :]
-        h, c = rnn.initial_state(1)
-        logits = np.empty(len(z), np.float32)
-        for t in range(len(z)):
-            h, c = rnn.lstm(x[t], h, c)
-            logits[t] = rnn.head(h).done_logit[0]
-        outcome, false_alarms, steps = classify(logits, bool(episode["done"][-1]), window)
+    expected = []
+    for logits, died in episodes:
+        outcome, false_alarms, steps = classify(logits, died, window)
+        if died:
+            expected.append(float(death_probability(logits).sum()))
         outcomes[outcome] += 1
         alarms, quiet_steps = alarms + false_alarms, quiet_steps + steps
     deaths = outcomes["caught"] + outcomes["premature"] + outcomes["missed"]
@@ -116,7 +128,19 @@ def death_prediction(run_dir: Path, task: Task, window: int) -> dict[str, Any]:
         "window": window,
         **{k: v for k, v in outcomes.items() if k != "survived"},
         "false_alarm_rate": alarms / quiet_steps if quiet_steps else None,
+        "expected_deaths": float(np.mean(expected)) if expected else None,
     }
+
+
+def death_prediction(run_dir: Path, task: Task, window: int) -> dict[str, Any]:
+    """M's done logit on the recorded episodes of OUT/calibration/record/ (teacher-forced) → death_summary."""
+    encoder = EncoderTwin.load(run_dir / "vae", task)
+    rnn = RNNTwin.load(run_dir / "rnn", task)
+    episodes = []
+    for path in list_episodes(run_dir / "calibration" / "record"):
+        episode = read_episode(path, task, fields=("obs", "action", "done", "seed"))
+        episodes.append((teacher_forced_logits(encoder, rnn, episode), bool(episode["done"][-1])))
+    return death_summary(episodes, window)
 
 
 def calibrate(config: CalibrationConfig) -> dict[str, Any]:
@@ -127,7 +151,11 @@ def calibrate(config: CalibrationConfig) -> dict[str, Any]:
     trained_config = run_dir / "controller" / name / "config.json"
     if not trained_config.exists():
         raise UserError(f"{run_dir / 'controller' / name}: no trained controller (run stage 5, controller.train)")
-    train_tau = float(read_json(trained_config)["settings"].get("tau", TAU))
+    settings = read_json(trained_config)["settings"]
+    train_tau = float(settings.get("tau", TAU))
+    rule = config.dream_done or settings.get("dream_done", "threshold")
+    if rule not in DONE_RULES:
+        raise UserError(f"--dream-done must be one of {', '.join(DONE_RULES)}, got {rule!r}")
     taus = [float(t) for t in config.taus.split(",")] if config.taus else sorted({1.0, train_tau})
     common = ["--task", task.name, "--out", str(run_dir), "--episodes", str(config.episodes)]
     common += ["--workers", str(config.workers)]
@@ -139,8 +167,9 @@ def calibrate(config: CalibrationConfig) -> dict[str, Any]:
         evaluate.main([*common, *flags])
         dreams = {}
         for tau in taus:
-            result = f"{stem}_dream_tau{tau:.2f}"
-            evaluate.main([*common, *flags, "--env", "dream", "--tau", str(tau), "--result", result])
+            result = f"{stem}_dream_tau{tau:.2f}" + ("" if rule == "threshold" else f"_{rule}")
+            dream_flags = ["--env", "dream", "--tau", str(tau), "--dream-done", rule, "--result", result]
+            evaluate.main([*common, *flags, *dream_flags])
             dreams[f"{tau:.2f}"] = read_json(run_dir / "eval" / f"{result}.json")
         real = read_json(run_dir / "eval" / f"{stem}.json")
         rows.append(
@@ -160,7 +189,8 @@ def calibrate(config: CalibrationConfig) -> dict[str, Any]:
             str(config.workers),
         ]
     )
-    return {"taus": taus, "train_tau": train_tau, "rows": rows, "death": death_prediction(run_dir, task, config.window)}
+    death = death_prediction(run_dir, task, config.window)
+    return {"taus": taus, "train_tau": train_tau, "dream_done": rule, "rows": rows, "death": death}
 
 
 def table(found: dict[str, Any], episodes: int) -> list[str]:
@@ -179,14 +209,16 @@ def table(found: dict[str, Any], episodes: int) -> list[str]:
         lines.append(f"| {row['label']} | {score(row['real'])} | " + " | ".join(cells) + " |")
     d = found["death"]
     rate = "—" if d["false_alarm_rate"] is None else f"{100 * d['false_alarm_rate']:.2f} %"
+    expected = "—" if d.get("expected_deaths") is None else f"{d['expected_deaths']:.2f}"
     lines += [
         "",
         f"Survival in steps, mean ± population std (n) over {episodes} held-out episodes per cell; "
-        f"the controller trained at τ = {found['train_tau']:g}.",
+        f"the controller trained at τ = {found['train_tau']:g}; the dream's done rule: {found['dream_done']}.",
         "",
         f"M's predicted death on {d['episodes']} held-out recorded episodes ({d['deaths']} deaths): "
         f"caught within {d['window']} steps before the death {d['caught']}, fired earlier {d['premature']}, "
-        f"never fired {d['missed']}; M's done logit > 0 on {rate} of the steps before those windows.",
+        f"never fired {d['missed']}; M's done logit > 0 on {rate} of the steps before those windows; "
+        f"M's expected deaths per dying episode (its death probabilities summed over the episode): {expected}.",
     ]
     return lines
 
