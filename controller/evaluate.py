@@ -30,8 +30,8 @@ from controller.pool import PoolScope, ProcessPool, SerialPool, mpi_world, serve
 from controller.rollouts import LOCKSTEP_EPISODES, Job, RolloutSpec, in_lockstep
 from controller.train import check_dream, fill_failed, model_fingerprints, trained_models
 from env.common.cli import UserError, check_stage_flags, parse_config, run
-from env.common.files import atomic_write, ensure_dir, stage_record, write_json
-from env.common.rundir import COMPLETE, open_output
+from env.common.files import atomic_write, ensure_dir, read_json, stage_record, write_json
+from env.common.rundir import COMPLETE, RECORD, open_output
 from env.policies import POLICIES
 from env.tasks import Task, check_backend, get_task, implied_settings
 from env.wrappers import make_env
@@ -89,10 +89,11 @@ class EvaluateConfig:
     )
     tau: float = field(default=TAU, metadata={"help": "the dream's temperature with --env dream"})
     dream_done: str = field(
-        default="threshold",
+        default="",
         metadata={
             "help": "how M's done logit ends a dream episode: 'threshold' (the original: logit > 0) or 'sample' "
-            "(a draw with the death probability the logit stands for, see README)"
+            "(a draw with the death probability the logit stands for, see README); '' = the rule the controller "
+            "trained under (threshold for a fixed policy)"
         },
     )
     backend: str = field(
@@ -110,6 +111,8 @@ class EvaluateConfig:
     )
 
 
+IMPLIED = {"dream_done": "threshold"}
+"""What a result written before `--dream-done` existed was played with."""
 RESUMABLE_SETTINGS = ("workers", "force", "gif", "result")
 """Episodes are pure functions of their seeds, so a result does not depend on these (nor on naming its file
 explicitly by its default name)."""
@@ -168,12 +171,13 @@ def resolve(config: EvaluateConfig) -> tuple[Task, RolloutSpec, np.ndarray | Non
             raise UserError("--gif records the real env only")
         if config.tau <= 0:
             raise UserError(f"--tau must be positive, got {config.tau}")
-        if config.dream_done not in DONE_RULES:
+        if config.dream_done not in ("", *DONE_RULES):
             raise UserError(f"--dream-done must be one of {', '.join(DONE_RULES)}, got {config.dream_done!r}")
         check_dream(run_dir, task)
     if config.random and config.policy:
         raise UserError("--random is --policy with the task's baseline: give one of them")
     if config.random or config.policy:
+        config.dream_done = config.dream_done or "threshold"
         policy = config.policy or task.baseline_policy
         if policy not in POLICIES:
             raise UserError(f"unknown --policy {policy!r}; choose one of: {', '.join(POLICIES)}")
@@ -200,6 +204,10 @@ def resolve(config: EvaluateConfig) -> tuple[Task, RolloutSpec, np.ndarray | Non
     params_file = run_dir / "controller" / config.name / "best.json"
     shape, params, record = read_params(params_file, task)
     models = trained_models(params_file, record, run_dir, task, shape)
+    trained_under = params_file.parent / RECORD
+    if not config.dream_done:
+        settings = read_json(trained_under).get("settings", {}) if trained_under.exists() else {}
+        config.dream_done = settings.get("dream_done", "threshold")
     loaded = {
         "policy": f"controller {shape.mode} ({shape.n_params} params)",
         "params_file": str(params_file),
@@ -240,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         gif_path = eval_dir / f"{config.name}.gif"
         state = open_output(
             result_path,
-            stage_record(config, implied=implied_settings(task), inputs=loaded),
+            stage_record(config, implied=IMPLIED | implied_settings(task), inputs=loaded),
             stage="stage 6",
             restart=True,
             force=config.force,
@@ -294,7 +302,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if config.gif:
             total, steps = record_episode(spec, params, int(seeds[0]), gif_path)
             summary["gif"] = {"file": str(gif_path), "seed": int(seeds[0]), "return": total, "length": steps}
-        write_json(result_path, {**stage_record(config, implied=implied_settings(task), inputs=loaded), **summary})
+        write_json(
+            result_path, {**stage_record(config, implied=IMPLIED | implied_settings(task), inputs=loaded), **summary}
+        )
         failures = (
             f", {summary['failed_episodes']} episodes crashed twice and count at the worst return"
             if failed.any()

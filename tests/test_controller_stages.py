@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from controller import evaluate, rollouts, train
-from controller.es import TEST_BASE, TRAIN_RANGE
+from controller.es import TEST_BASE, TRAIN_RANGE, heldout_seeds
 from env.tasks import get_task
 from rnn.model import build_rnn, save_rnn
 from tests.conftest import ROOT
@@ -301,6 +301,25 @@ def test_doom_trains_in_the_dream_by_default_the_same_under_mpi_and_plays_the_re
     result = json.loads((out / "eval" / "zch.json").read_text())
     assert result["n"] == 2 and all(1 <= e["length"] <= 30 for e in result["episodes"])
     assert all(e["return"] == e["length"] for e in result["episodes"])  # +1 per tic alive
+
+
+def test_a_controller_trained_under_the_sample_done_rule_is_scored_under_it_in_the_dream(tmp_path):
+    out = make_run(tmp_path / "run", DOOM)
+    flags = ["--task", "doom", "--popsize", "4", "--num-episode", "2", "--generations", "1", "--max-steps", "200"]
+    assert train.main(["--out", str(out), *flags, "--eval-episodes", "2", "--dream-done", "sample"]) == 0
+    settings = json.loads((out / "controller" / "zch" / "config.json").read_text())["settings"]
+    assert settings["dream_done"] == "sample"
+    common = ["--out", str(out), "--task", "doom", "--max-steps", "200", "--episodes", "6", "--workers", "1"]
+    assert evaluate.main([*common, "--env", "dream"]) == 0
+    assert evaluate.main([*common, "--env", "dream", "--dream-done", "threshold", "--result", "zch_threshold"]) == 0
+    params = np.array(json.loads((out / "controller" / "zch" / "best.json").read_text())["params"])[None]
+    seeds = heldout_seeds(0, 6)[None]
+    for result, rule in (("zch_dream", "sample"), ("zch_threshold", "threshold")):
+        found = json.loads((out / "eval" / f"{result}.json").read_text())
+        assert found["settings"]["dream_done"] == rule
+        spec = rollouts.RolloutSpec(str(out), "doom", "zch", 200, env="dream", dream_done=rule)
+        want = rollouts.DreamRollouts(spec).run(rollouts.Job(params, seeds)).lengths[0]
+        assert [e["length"] for e in found["episodes"]] == want.tolist()
 
 
 def test_user_errors_are_one_line_with_exit_2(car_run, tmp_path):
