@@ -28,14 +28,14 @@ from controller.es import TEST_RANGE, heldout_seeds
 from controller.model import controller_shape, default_mode
 from controller.pool import PoolScope, ProcessPool, SerialPool, mpi_world, serve_mpi
 from controller.rollouts import LOCKSTEP_EPISODES, Job, RolloutSpec, in_lockstep
-from controller.train import check_dream, fill_failed, model_fingerprints, trained_models
+from controller.train import check_done_rule, check_dream, fill_failed, model_fingerprints, trained_models
 from env.common.cli import UserError, check_stage_flags, parse_config, run
 from env.common.files import atomic_write, ensure_dir, read_json, stage_record, write_json
 from env.common.rundir import COMPLETE, RECORD, open_output
 from env.policies import POLICIES
 from env.tasks import Task, check_backend, get_task, implied_settings
 from env.wrappers import make_env
-from rnn.dream import DONE_RULES, TAU
+from rnn.dream import TAU
 
 GIF_FRAMES = 500
 """A recorded episode keeps at most about this many frames (every k-th frame of longer episodes)."""
@@ -171,8 +171,8 @@ def resolve(config: EvaluateConfig) -> tuple[Task, RolloutSpec, np.ndarray | Non
             raise UserError("--gif records the real env only")
         if config.tau <= 0:
             raise UserError(f"--tau must be positive, got {config.tau}")
-        if config.dream_done not in ("", *DONE_RULES):
-            raise UserError(f"--dream-done must be one of {', '.join(DONE_RULES)}, got {config.dream_done!r}")
+        if config.dream_done:
+            check_done_rule(config.dream_done)
         check_dream(run_dir, task)
     if config.random and config.policy:
         raise UserError("--random is --policy with the task's baseline: give one of them")

@@ -128,6 +128,13 @@ class TrainConfig:
     )
 
 
+def check_done_rule(rule: str) -> str:
+    """`rule` if it is a dream done rule (rnn.dream.DONE_RULES), else a UserError naming the choices."""
+    if rule not in DONE_RULES:
+        raise UserError(f"--dream-done must be one of {', '.join(DONE_RULES)}, got {rule!r}")
+    return rule
+
+
 def fill_failed(returns: np.ndarray) -> tuple[np.ndarray, int]:
     """Episodes scored NaN (failed twice) get the worst completed return of the batch → (returns, failures)."""
     failed = np.isnan(returns)
@@ -396,8 +403,7 @@ def prepare(config: TrainConfig) -> tuple[Task, ControllerShape, Path, SearchSta
             raise UserError(f"--{flag} must be 'real' or 'dream', got {value!r}")
     if config.tau <= 0:
         raise UserError(f"--tau must be positive, got {config.tau}")
-    if config.dream_done not in DONE_RULES:
-        raise UserError(f"--dream-done must be one of {', '.join(DONE_RULES)}, got {config.dream_done!r}")
+    check_done_rule(config.dream_done)
     run_dir = Path(config.out)
     models = model_fingerprints(run_dir, task, shape.uses_m or "dream" in (config.env, config.eval_env))
     if "dream" in (config.env, config.eval_env):

@@ -33,12 +33,13 @@ from controller import evaluate
 from controller.model import default_mode
 from controller.results.replicates import summary
 from controller.results.report import score
+from controller.train import check_done_rule
 from env import extract
 from env.common.cli import UserError, check_stage_flags, parse_config, run
 from env.common.files import atomic_write, read_json, write_json
 from env.episodes import list_episodes, read_episode
 from env.tasks import Task, get_task
-from rnn.dream import DONE_RULES, TAU
+from rnn.dream import TAU
 from rnn.twin import RNNTwin, death_probability
 from vae.twin import EncoderTwin
 
@@ -153,9 +154,7 @@ def calibrate(config: CalibrationConfig) -> dict[str, Any]:
         raise UserError(f"{run_dir / 'controller' / name}: no trained controller (run stage 5, controller.train)")
     settings = read_json(trained_config)["settings"]
     train_tau = float(settings.get("tau", TAU))
-    rule = config.dream_done or settings.get("dream_done", "threshold")
-    if rule not in DONE_RULES:
-        raise UserError(f"--dream-done must be one of {', '.join(DONE_RULES)}, got {rule!r}")
+    rule = check_done_rule(config.dream_done or settings.get("dream_done", "threshold"))
     taus = [float(t) for t in config.taus.split(",")] if config.taus else sorted({1.0, train_tau})
     common = ["--task", task.name, "--out", str(run_dir), "--episodes", str(config.episodes)]
     common += ["--workers", str(config.workers)]
