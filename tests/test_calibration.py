@@ -65,6 +65,33 @@ def test_the_death_summary_counts_outcomes_and_sums_ms_death_probabilities():
     assert found["expected_deaths"] == pytest.approx((1.0 + 1.0 / (1.0 + 10.0 / np.e)) / 2, rel=1e-6)
 
 
+def test_ms_own_dream_of_a_recorded_episode_follows_its_most_likely_latents_at_a_tiny_temperature(doom_run):
+    from rnn.model import load_rnn, split_params
+    from vae.twin import EncoderTwin
+
+    rng = np.random.default_rng(3)
+    steps = 10
+    episode = {
+        "obs": rng.integers(0, 256, (steps, 64, 64, 3), dtype=np.uint8),
+        "action": rng.uniform(-1, 1, (steps, 1)).astype(np.float32),
+        "seed": 7,
+    }
+    encoder = EncoderTwin.load(doom_run / "vae", DOOM)
+    z, logits = calibration.dreamed_episode(encoder, RNNTwin.load(doom_run / "rnn", DOOM), episode, tau=1e-6)
+    mu, logvar = encoder(episode["obs"][:1])
+    assert np.all(np.abs(z[0] - mu[0]) < 6 * np.exp(0.5 * logvar[0]))  # the first frame's encoding
+    model = load_rnn(doom_run / "rnn", DOOM)
+    restart = np.zeros((steps, 1), np.float32)
+    restart[0] = 1.0
+    x = np.concatenate([z, episode["action"], restart], axis=1)[None]
+    out = np.asarray(model(x)[0])[0]  # Keras on the whole dreamed sequence
+    np.testing.assert_allclose(logits, out[:, 0], atol=1e-4)  # the done logit leads the head's output
+    for t in range(steps - 1):  # at τ → 0 each next z is the mean of every dimension's most likely component
+        mix_logits, means, _ = (np.asarray(a) for a in split_params(out[None, t], DOOM.z_size, True)[:3])
+        best = np.take_along_axis(means[0], mix_logits[0].argmax(-1)[:, None], -1)[:, 0]
+        np.testing.assert_allclose(z[t + 1], best, atol=1e-2)
+
+
 def test_the_table_holds_every_policy_real_and_dreamed_with_the_ratio(doom_run, tmp_path, capsys):
     out = tmp_path / "run"
     for stage in ("vae", "rnn"):
@@ -96,6 +123,7 @@ def test_the_table_holds_every_policy_real_and_dreamed_with_the_ratio(doom_run, 
     death = found["death"]
     assert death["episodes"] == 2 and death["caught"] + death["premature"] + death["missed"] == death["deaths"]
     assert death["expected_deaths"] is None or death["expected_deaths"] >= 0.0
+    assert death["dream_tau"] == 1.15 and (death["dreamed_deaths"] is None) == (death["deaths"] == 0)
     assert found["dream_done"] == "threshold"
     assert (out / "calibration" / "record" / "config.json").exists()
 

@@ -15,7 +15,9 @@ sampled z and the recorded actions are fed through M step by step, as in trainin
 is caught when M's done logit is first > 0 within `--window` steps before it, premature when it fires
 earlier (the dream would have ended the episode there), missed when it never fires. The same logits give
 M's expected number of deaths per episode, the sum of its death probabilities (`rnn.twin.death_probability`)
-over the episode's steps: 1 where M's hazard is calibrated, below 1 where M underrates the danger.
+over the episode's steps: 1 where M's hazard is calibrated, below 1 where M underrates the danger; and the
+same sum in M's own dream of each episode (its first frame, then M's samples at the training τ, driven by
+the recorded actions): below the first where M's dreamed trajectories are safer than the game's.
 
 Writes `OUT/calibration.md` and `OUT/calibration.json`; stage 7's report includes the table.
 """
@@ -41,6 +43,7 @@ from env.episodes import list_episodes, read_episode
 from env.tasks import Task, get_task
 from rnn.dream import TAU
 from rnn.twin import RNNTwin, death_probability
+from rnn.visualize import dream
 from vae.twin import EncoderTwin
 
 POLICIES = {
@@ -93,21 +96,39 @@ def classify(logits: np.ndarray, died: bool, window: int) -> tuple[str, int, int
     return ("premature" if fired[0] < cut else "caught"), alarms, cut
 
 
-def teacher_forced_logits(encoder: EncoderTwin, rnn: RNNTwin, episode: dict[str, Any]) -> np.ndarray:
-    """M's done logit float [T] along a recorded episode, fed V's sampled z and the recorded actions as in
-    training (restart on the first step); step t predicts the end after action t."""
-    mu, logvar = encoder(episode["obs"])
-    rng = np.random.default_rng([int(episode["seed"]), 3])
-    z = (mu + np.exp(0.5 * logvar) * rng.standard_normal(mu.shape)).astype(np.float32)
+def done_logits(rnn: RNNTwin, z: np.ndarray, actions: np.ndarray) -> np.ndarray:
+    """M's done logit float [T] fed latents z [T, z] and actions [T, A] from a zero state, restart on the first
+    step; step t predicts the end after action t."""
     restart = np.zeros((len(z), 1), np.float32)
     restart[0] = 1.0
-    x = np.concatenate([z, episode["action"], restart], axis=1)[:, None, :]
+    x = np.concatenate([z, actions, restart], axis=1)[:, None, :]
     h, c = rnn.initial_state(1)
     logits = np.empty(len(z), np.float32)
     for t in range(len(z)):
         h, c = rnn.lstm(x[t], h, c)
         logits[t] = rnn.head(h).done_logit[0]
     return logits
+
+
+def teacher_forced_logits(encoder: EncoderTwin, rnn: RNNTwin, episode: dict[str, Any]) -> np.ndarray:
+    """M's done logit float [T] along a recorded episode, fed V's sampled z and the recorded actions as in
+    training (restart on the first step); step t predicts the end after action t."""
+    mu, logvar = encoder(episode["obs"])
+    rng = np.random.default_rng([int(episode["seed"]), 3])
+    z = (mu + np.exp(0.5 * logvar) * rng.standard_normal(mu.shape)).astype(np.float32)
+    return done_logits(rnn, z, episode["action"])
+
+
+def dreamed_episode(
+    encoder: EncoderTwin, rnn: RNNTwin, episode: dict[str, Any], tau: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """M's own dream of a recorded episode: V's sampled z of the first frame, then M's samples at temperature τ,
+    driven by the recorded actions → (z float32 [T, z], M's done logit float [T] along it)."""
+    mu, logvar = encoder(episode["obs"][:1])
+    steps = len(episode["action"])
+    rng = np.random.default_rng([int(episode["seed"]), 5])
+    z = dream(rnn, rnn.task, np.repeat(mu, steps, 0), np.repeat(logvar, steps, 0), episode["action"], 1, tau, rng)
+    return z, done_logits(rnn, z, episode["action"])
 
 
 def death_summary(episodes: Sequence[tuple[np.ndarray, bool]], window: int) -> dict[str, Any]:
@@ -133,15 +154,20 @@ def death_summary(episodes: Sequence[tuple[np.ndarray, bool]], window: int) -> d
     }
 
 
-def death_prediction(run_dir: Path, task: Task, window: int) -> dict[str, Any]:
-    """M's done logit on the recorded episodes of OUT/calibration/record/ (teacher-forced) → death_summary."""
+def death_prediction(run_dir: Path, task: Task, window: int, tau: float) -> dict[str, Any]:
+    """M's done logit on the recorded episodes of OUT/calibration/record/ (teacher-forced) → death_summary, with
+    M's expected deaths per dying episode in its own dream at τ along the same actions (`dreamed_deaths`)."""
     encoder = EncoderTwin.load(run_dir / "vae", task)
     rnn = RNNTwin.load(run_dir / "rnn", task)
-    episodes = []
+    episodes, dreamed = [], []
     for path in list_episodes(run_dir / "calibration" / "record"):
         episode = read_episode(path, task, fields=("obs", "action", "done", "seed"))
-        episodes.append((teacher_forced_logits(encoder, rnn, episode), bool(episode["done"][-1])))
-    return death_summary(episodes, window)
+        died = bool(episode["done"][-1])
+        episodes.append((teacher_forced_logits(encoder, rnn, episode), died))
+        if died:
+            dreamed.append(float(death_probability(dreamed_episode(encoder, rnn, episode, tau)[1]).sum()))
+    dreamed_deaths = float(np.mean(dreamed)) if dreamed else None
+    return {**death_summary(episodes, window), "dreamed_deaths": dreamed_deaths, "dream_tau": tau}
 
 
 def calibrate(config: CalibrationConfig) -> dict[str, Any]:
@@ -188,7 +214,7 @@ def calibrate(config: CalibrationConfig) -> dict[str, Any]:
             str(config.workers),
         ]
     )
-    death = death_prediction(run_dir, task, config.window)
+    death = death_prediction(run_dir, task, config.window, train_tau)
     return {"taus": taus, "train_tau": train_tau, "dream_done": rule, "rows": rows, "death": death}
 
 
@@ -209,6 +235,7 @@ def table(found: dict[str, Any], episodes: int) -> list[str]:
     d = found["death"]
     rate = "—" if d["false_alarm_rate"] is None else f"{100 * d['false_alarm_rate']:.2f} %"
     expected = "—" if d.get("expected_deaths") is None else f"{d['expected_deaths']:.2f}"
+    dreamed = "—" if d.get("dreamed_deaths") is None else f"{d['dreamed_deaths']:.2f}"
     lines += [
         "",
         f"Survival in steps, mean ± population std (n) over {episodes} held-out episodes per cell; "
@@ -217,7 +244,9 @@ def table(found: dict[str, Any], episodes: int) -> list[str]:
         f"M's predicted death on {d['episodes']} held-out recorded episodes ({d['deaths']} deaths): "
         f"caught within {d['window']} steps before the death {d['caught']}, fired earlier {d['premature']}, "
         f"never fired {d['missed']}; M's done logit > 0 on {rate} of the steps before those windows; "
-        f"M's expected deaths per dying episode (its death probabilities summed over the episode): {expected}.",
+        f"M's expected deaths per dying episode (its death probabilities summed over the episode): {expected} "
+        f"on the game's frames, {dreamed} in its own dream at τ = {d.get('dream_tau', found['train_tau']):g} "
+        "along the same actions (1 where the dream is as deadly as the game).",
     ]
     return lines
 
