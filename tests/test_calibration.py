@@ -92,6 +92,42 @@ def test_ms_own_dream_of_a_recorded_episode_follows_its_most_likely_latents_at_a
         np.testing.assert_allclose(z[t + 1], best, atol=1e-2)
 
 
+def test_the_dreamed_ending_keeps_the_games_latents_before_it_and_dreams_the_rest(doom_run):
+    from rnn.model import load_rnn, split_params
+    from vae.twin import EncoderTwin
+
+    rng = np.random.default_rng(4)
+    steps, last = 12, 4
+    episode = {
+        "obs": rng.integers(0, 256, (steps, 64, 64, 3), dtype=np.uint8),
+        "action": rng.uniform(-1, 1, (steps, 1)).astype(np.float32),
+        "seed": 9,
+    }
+    encoder = EncoderTwin.load(doom_run / "vae", DOOM)
+    rnn = RNNTwin.load(doom_run / "rnn", DOOM)
+    model = load_rnn(doom_run / "rnn", DOOM)
+    mu, logvar = encoder(episode["obs"])
+    draws = np.random.default_rng([9, 5]).standard_normal(mu.shape).astype(np.float32)  # one per frame, in order
+    game_z = mu + np.exp(0.5 * logvar) * draws
+    z, _ = calibration.dreamed_episode(encoder, rnn, episode, tau=1e-6, context=steps - last)
+    np.testing.assert_allclose(z[: steps - last], game_z[: steps - last], atol=1e-5)
+
+    def keras_ending(latents):  # Keras on the whole sequence → the death probabilities of the last steps
+        restart = np.zeros((steps, 1), np.float32)
+        restart[0] = 1.0
+        out = np.asarray(model(np.concatenate([latents, episode["action"], restart], axis=1)[None])[0])[0]
+        return out, 1 / (1 + np.exp(np.log(10.0) - out[:, 0]))
+
+    out, _ = keras_ending(z)
+    for t in range(steps - last - 1, steps - 1):  # the dreamed steps: each dimension's most likely component
+        mix_logits, means, _ = (np.asarray(a) for a in split_params(out[None, t], DOOM.z_size, True)[:3])
+        best = np.take_along_axis(means[0], mix_logits[0].argmax(-1)[:, None], -1)[:, 0]
+        np.testing.assert_allclose(z[t + 1], best, atol=1e-2)
+    game, dreamed = calibration.dreamed_ending(encoder, rnn, episode, 1e-6, last)
+    assert game == pytest.approx(keras_ending(game_z)[1][-last:].sum(), rel=1e-3)
+    assert dreamed == pytest.approx(keras_ending(z)[1][-last:].sum(), rel=1e-3)
+
+
 def test_the_table_holds_every_policy_real_and_dreamed_with_the_ratio(doom_run, tmp_path, capsys):
     out = tmp_path / "run"
     for stage in ("vae", "rnn"):
@@ -124,6 +160,7 @@ def test_the_table_holds_every_policy_real_and_dreamed_with_the_ratio(doom_run, 
     assert death["episodes"] == 2 and death["caught"] + death["premature"] + death["missed"] == death["deaths"]
     assert death["expected_deaths"] is None or death["expected_deaths"] >= 0.0
     assert death["dream_tau"] == 1.15 and (death["dreamed_deaths"] is None) == (death["deaths"] == 0)
+    assert (death["ending_game"] is None) == (death["ending_dreamed"] is None) == (death["deaths"] == 0)
     assert found["dream_done"] == "threshold"
     assert (out / "calibration" / "record" / "config.json").exists()
 

@@ -17,7 +17,9 @@ earlier (the dream would have ended the episode there), missed when it never fir
 M's expected number of deaths per episode, the sum of its death probabilities (`rnn.twin.death_probability`)
 over the episode's steps: 1 where M's hazard is calibrated, below 1 where M underrates the danger; and the
 same sum in M's own dream of each episode (its first frame, then M's samples at the training τ, driven by
-the recorded actions): below the first where M's dreamed trajectories are safer than the game's.
+the recorded actions): below the first where M's dreamed trajectories are safer than the game's. Last, the
+death probability over the `--window` steps before each death, on the game's frames and where M dreams
+those steps itself from the same frames before them: how much of the danger M can see coming.
 
 Writes `OUT/calibration.md` and `OUT/calibration.json`; stage 7's report includes the table.
 """
@@ -120,15 +122,30 @@ def teacher_forced_logits(encoder: EncoderTwin, rnn: RNNTwin, episode: dict[str,
 
 
 def dreamed_episode(
-    encoder: EncoderTwin, rnn: RNNTwin, episode: dict[str, Any], tau: float
+    encoder: EncoderTwin, rnn: RNNTwin, episode: dict[str, Any], tau: float, context: int = 1
 ) -> tuple[np.ndarray, np.ndarray]:
-    """M's own dream of a recorded episode: V's sampled z of the first frame, then M's samples at temperature τ,
-    driven by the recorded actions → (z float32 [T, z], M's done logit float [T] along it)."""
-    mu, logvar = encoder(episode["obs"][:1])
+    """M's own dream of a recorded episode: V's sampled z of the first `context` frames, then M's samples at
+    temperature τ, driven by the recorded actions → (z float32 [T, z], M's done logit float [T] along it).
+    The context's z are the same draws for every `context` (one generator per episode)."""
     steps = len(episode["action"])
+    mu, logvar = encoder(episode["obs"][:context])
+    mu = np.concatenate([mu, np.repeat(mu[-1:], steps - context, 0)])
+    logvar = np.concatenate([logvar, np.repeat(logvar[-1:], steps - context, 0)])
     rng = np.random.default_rng([int(episode["seed"]), 5])
-    z = dream(rnn, rnn.task, np.repeat(mu, steps, 0), np.repeat(logvar, steps, 0), episode["action"], 1, tau, rng)
+    z = dream(rnn, rnn.task, mu, logvar, episode["action"], context, tau, rng)
     return z, done_logits(rnn, z, episode["action"])
+
+
+def dreamed_ending(
+    encoder: EncoderTwin, rnn: RNNTwin, episode: dict[str, Any], tau: float, steps: int
+) -> tuple[float, float]:
+    """M's death probability summed over an episode's last `steps` steps → (on V's sampled z of the game's
+    frames, with M dreaming those steps itself from the same z before them)."""
+    total = len(episode["action"])
+    context = max(1, total - steps)
+    game = death_probability(dreamed_episode(encoder, rnn, episode, tau, context=total)[1])
+    dreamed = death_probability(dreamed_episode(encoder, rnn, episode, tau, context=context)[1])
+    return float(game[context:].sum()), float(dreamed[context:].sum())
 
 
 def death_summary(episodes: Sequence[tuple[np.ndarray, bool]], window: int) -> dict[str, Any]:
@@ -154,20 +171,31 @@ def death_summary(episodes: Sequence[tuple[np.ndarray, bool]], window: int) -> d
     }
 
 
+def mean_or_none(values: Sequence[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
 def death_prediction(run_dir: Path, task: Task, window: int, tau: float) -> dict[str, Any]:
     """M's done logit on the recorded episodes of OUT/calibration/record/ (teacher-forced) → death_summary, with
-    M's expected deaths per dying episode in its own dream at τ along the same actions (`dreamed_deaths`)."""
+    M's expected deaths per dying episode in its own dream at τ along the same actions (`dreamed_deaths`) and
+    the death probability over the last `window` steps before a death, on the game's frames and dreamed."""
     encoder = EncoderTwin.load(run_dir / "vae", task)
     rnn = RNNTwin.load(run_dir / "rnn", task)
-    episodes, dreamed = [], []
+    episodes, dreamed, endings = [], [], []
     for path in list_episodes(run_dir / "calibration" / "record"):
         episode = read_episode(path, task, fields=("obs", "action", "done", "seed"))
         died = bool(episode["done"][-1])
         episodes.append((teacher_forced_logits(encoder, rnn, episode), died))
         if died:
             dreamed.append(float(death_probability(dreamed_episode(encoder, rnn, episode, tau)[1]).sum()))
-    dreamed_deaths = float(np.mean(dreamed)) if dreamed else None
-    return {**death_summary(episodes, window), "dreamed_deaths": dreamed_deaths, "dream_tau": tau}
+            endings.append(dreamed_ending(encoder, rnn, episode, tau, window))
+    return {
+        **death_summary(episodes, window),
+        "dreamed_deaths": mean_or_none(dreamed),
+        "dream_tau": tau,
+        "ending_game": mean_or_none([game for game, _ in endings]),
+        "ending_dreamed": mean_or_none([dreamed_ for _, dreamed_ in endings]),
+    }
 
 
 def calibrate(config: CalibrationConfig) -> dict[str, Any]:
@@ -248,6 +276,11 @@ def table(found: dict[str, Any], episodes: int) -> list[str]:
         f"on the game's frames, {dreamed} in its own dream at τ = {d.get('dream_tau', found['train_tau']):g} "
         "along the same actions (1 where the dream is as deadly as the game).",
     ]
+    if d.get("ending_game") is not None:
+        lines[-1] += (
+            f" Over the last {d['window']} steps before each death: {d['ending_game']:.3f} on the game's frames, "
+            f"{d['ending_dreamed']:.3f} where M dreams those steps itself from the frames before them."
+        )
     return lines
 
 
