@@ -27,6 +27,7 @@ from env.tasks import TASKS, Task, get_task
 from rnn.artifacts import DONE_WEIGHT, MIXTURES, MODEL_FILE, WEIGHTS_FILE, check_rnn_dir, load_weights
 
 LR_FLOOR = 1e-5
+DEATH_WINDOW = 10  # frames at an episode's end whose z loss `--death-weight` weights
 """M's learning rate decays towards this (WME: min_learning_rate)."""
 
 
@@ -56,9 +57,10 @@ def split_params(params, z_size: int, predicts_done: bool, predicts_reward: bool
     return logits, mu, logstd, done
 
 
-def mixture_nll(z_next, logits, mu, logstd):
+def mixture_nll(z_next, logits, mu, logstd, weights=None):
     """z_next [..., z]; logits, mu, logstd [..., z, 5] → scalar: −log p(z_next) per latent dimension under
-    its own 5-component Gaussian mixture, averaged over every element (batch × time × z)."""
+    its own 5-component Gaussian mixture, averaged over every element (batch × time × z); with `weights`
+    [...] (one per z target), each target's terms are multiplied by its weight before the mean."""
     import tensorflow_probability as tfp
 
     tfd = tfp.distributions
@@ -66,7 +68,20 @@ def mixture_nll(z_next, logits, mu, logstd):
         mixture_distribution=tfd.Categorical(logits=ops.cast(logits, "float32")),
         components_distribution=tfd.Normal(ops.cast(mu, "float32"), ops.exp(ops.cast(logstd, "float32"))),
     )
-    return -ops.mean(mixture.log_prob(ops.cast(z_next, "float32")))
+    log_p = mixture.log_prob(ops.cast(z_next, "float32"))
+    if weights is not None:
+        log_p = ops.cast(weights, "float32")[..., None] * log_p
+    return -ops.mean(log_p)
+
+
+def ending_weights(done_next, weight: float, window: int = DEATH_WINDOW):
+    """done_next [B, T] (1 where the next frame starts a new episode, so frame t is its episode's last) →
+    weights [B, T] of the z targets z_{t+1}: `weight` on an episode's last `window` frames, 1 elsewhere
+    (the next episode's first frame is not its predecessor's)."""
+    steps = ops.shape(done_next)[1]
+    padded = ops.pad(ops.cast(done_next, "float32"), [[0, 0], [0, window]])
+    near = ops.max(ops.stack([padded[:, k : k + steps] for k in range(1, window + 1)]), axis=0)
+    return 1.0 + (weight - 1.0) * near
 
 
 def reward_of(params, predicts_done: bool):
@@ -140,9 +155,11 @@ class MDNRNN(keras.Model):
         stateful: bool = False,
         seed: int | None = None,
         predicts_reward: bool = False,
+        death_weight: float = 1.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.death_weight = float(death_weight)
         self.z_size, self.action_dim, self.units = z_size, action_dim, units
         self.extra_inputs, self.predicts_done = tuple(extra_inputs), predicts_done
         self.predicts_reward = predicts_reward
@@ -189,7 +206,8 @@ class MDNRNN(keras.Model):
         inputs, z_next, done_next = self.sequences(batch)
         params, _ = self(inputs, training=training)
         logits, mu, logstd, done_logit = split_params(params, self.z_size, self.predicts_done, self.predicts_reward)
-        z_loss = mixture_nll(z_next, logits, mu, logstd)
+        weights = None if self.death_weight == 1.0 else ending_weights(done_next, self.death_weight)
+        z_loss = mixture_nll(z_next, logits, mu, logstd, weights)
         if not self.predicts_done:
             return {"loss": z_loss}
         losses = {"z_loss": z_loss, "done_loss": done_loss(done_logit, done_next)}
@@ -230,6 +248,7 @@ class MDNRNN(keras.Model):
             "stateful": self.stateful,
             "seed": self.seed,
             "predicts_reward": self.predicts_reward,
+            "death_weight": self.death_weight,
         }
 
 
@@ -239,9 +258,11 @@ def build_rnn(
     stateful: bool = False,
     seed: int | None = None,
     dream_heads: bool = False,
+    death_weight: float = 1.0,
 ) -> MDNRNN:
     """A built M for `task`; `stateful` carries the LSTM state across calls (needs a fixed `batch_size`);
-    `dream_heads` adds done and reward outputs."""
+    `dream_heads` adds done and reward outputs; `death_weight` ≠ 1 weights the z loss of each episode's last
+    DEATH_WINDOW frames (Doom)."""
     predicts_done, predicts_reward = heads(task, dream_heads)
     model = MDNRNN(
         task.z_size,
@@ -252,6 +273,7 @@ def build_rnn(
         stateful=stateful,
         seed=seed,
         predicts_reward=predicts_reward,
+        death_weight=death_weight,
         name=f"mdnrnn_{task.name}",
     )
     model(np.zeros((batch_size or 1, 2, input_size(task)), np.float32))

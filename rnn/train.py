@@ -95,6 +95,13 @@ class RnnTrainConfig:
             "help": "car: also predict each step's done flag and reward, so that C can train in M's dream (not in the original)"
         },
     )
+    death_weight: float = field(
+        default=1.0,
+        metadata={
+            "help": "Doom: weight of the z loss on each episode's last 10 frames, the approach of the fatal hit; "
+            "1 = the original (not in the original)"
+        },
+    )
 
 
 def resolve(config: RnnTrainConfig, task: Task) -> RnnTrainConfig:
@@ -114,6 +121,10 @@ def resolve(config: RnnTrainConfig, task: Task) -> RnnTrainConfig:
         raise UserError(
             f"--dream-heads is for the car: {task.name}'s M already predicts done, and its dream pays 1 per step"
         )
+    if config.death_weight != 1.0 and not task.rnn_predicts_done:
+        raise UserError(f"--death-weight is for Doom: {task.name}'s M does not see where episodes end")
+    if not config.death_weight > 0:
+        raise UserError(f"--death-weight must be positive, got {config.death_weight}")
     if config.precision not in PRECISIONS:
         raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {config.precision!r}")
     if config.learning_rate <= 0 or not 0 < config.lr_decay <= 1 or config.grad_clip <= 0:
@@ -258,7 +269,12 @@ def main(argv: Sequence[str] | None = None, extra_callbacks: Sequence = ()) -> i
     keras.config.set_dtype_policy(config.precision)
     stateful = task.rnn_batching == "streams"
     model = build_rnn(
-        task, batch_size=config.batch_size, stateful=stateful, seed=config.seed, dream_heads=config.dream_heads
+        task,
+        batch_size=config.batch_size,
+        stateful=stateful,
+        seed=config.seed,
+        dream_heads=config.dream_heads,
+        death_weight=config.death_weight,
     )
     # Adam with TF1's ε 1e-8; gradients clipped element-wise (tf.clip_by_value) as the original.
     model.compile(

@@ -12,6 +12,7 @@ from rnn.model import (
     DecayToFloor,
     build_rnn,
     done_loss,
+    ending_weights,
     export_weights,
     input_size,
     load_rnn,
@@ -308,3 +309,58 @@ def test_car_dream_heads_add_done_and_reward_in_front_of_the_mixture():
     assert losses["reward_loss"] == pytest.approx(want_reward, rel=1e-4)
     assert losses["done_loss"] == pytest.approx(want_done, rel=1e-4)
     assert losses["loss"] == pytest.approx(losses["z_loss"] + want_done + want_reward, rel=1e-4)
+
+
+def test_ending_weights_cover_each_episodes_last_frames_and_not_the_next_episodes_first():
+    done_next = np.zeros((2, 30), np.float32)
+    done_next[0, 14] = 1.0  # frame 14 is its episode's last: targets z_5 .. z_14 are the last 10 frames
+    done_next[1, 3] = 1.0  # an episode that ends early in the chunk: targets z_1 .. z_3
+    weights = np.asarray(ending_weights(done_next, 10.0, window=10))
+    want = np.ones((2, 30), np.float32)
+    want[0, 4:14] = 10.0  # target index t predicts z_{t+1}
+    want[1, 0:3] = 10.0
+    np.testing.assert_array_equal(weights, want)
+
+
+def test_the_death_weight_multiplies_the_z_loss_of_an_episodes_last_frames(models):
+    model = models["doom"]
+    rng = np.random.default_rng(5)
+    n, steps = 2, 25
+    batch = {
+        "mu": rng.normal(size=(n, steps, 64)).astype(np.float32),
+        "logvar": np.full((n, steps, 64), -30.0, np.float32),  # z = mu
+        "action": rng.uniform(-1, 1, (n, steps, 1)).astype(np.float32),
+        "restart": np.zeros((n, steps), np.float32),
+    }
+    batch["restart"][:, 0] = 1.0
+    batch["restart"][0, 16] = 1.0  # frame 15 ends an episode
+    inputs, z_next, done_next = (np.asarray(v) for v in model.sequences(batch))
+    logits, mu, logstd, _ = (np.asarray(v) for v in split_params(np.asarray(model(inputs)[0]), 64, True))
+    plain = float(model.losses_of(batch, training=False)["z_loss"])
+    assert plain == pytest.approx(numpy_mixture_nll(z_next, logits, mu, logstd), rel=1e-4)
+    per_target = np.array(
+        [
+            [numpy_mixture_nll(z_next[b, t], logits[b, t], mu[b, t], logstd[b, t]) for t in range(steps - 1)]
+            for b in range(n)
+        ]
+    )
+    weights = np.ones((n, steps - 1))
+    weights[0, 5:15] = 4.0  # targets z_6 .. z_15, the ending episode's last 10 frames
+    model.death_weight = 4.0
+    try:
+        weighted = float(model.losses_of(batch, training=False)["z_loss"])
+    finally:
+        model.death_weight = 1.0
+    assert weighted == pytest.approx(float((weights * per_target).mean()), rel=1e-4)
+    assert weighted > plain * 1.5  # 10 of the 48 targets count 4 times
+
+
+def test_death_weight_is_a_training_setting_refused_where_no_episode_end_is_seen():
+    model = build_rnn(DOOM, seed=3, death_weight=10.0)
+    assert model.death_weight == 10.0 and model.get_config()["death_weight"] == 10.0
+    from rnn.train import RnnTrainConfig, resolve
+
+    with pytest.raises(UserError, match="--death-weight is for Doom"):
+        resolve(RnnTrainConfig(out="run", task="carracing", death_weight=10.0), CAR)
+    with pytest.raises(UserError, match="must be positive"):
+        resolve(RnnTrainConfig(out="run", task="doom", death_weight=0.0), DOOM)
