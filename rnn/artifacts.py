@@ -22,6 +22,8 @@ WEIGHTS_FILE = "weights.npz"
 WEIGHT_NAMES = ("lstm.kernel", "lstm.recurrent_kernel", "lstm.bias", "mdn.kernel", "mdn.bias")
 DONE_WEIGHT = 10.0
 """Weight of the done BCE on positive targets (WME doomrnn: restart_factor)."""
+DEATH_WINDOW = 10
+"""Frames at a Doom episode's end whose z loss `rnn.train --death-weight` weights (not in the original)."""
 MIXTURES = 5
 """Gaussians in each latent dimension's mixture (WME rnn.py: num_mixture 5); the head's layout in `mdn.*`."""
 

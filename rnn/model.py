@@ -24,10 +24,17 @@ from env.common.cli import UserError, run
 from env.common.files import atomic_write
 from env.common.training import save_model
 from env.tasks import TASKS, Task, get_task
-from rnn.artifacts import DONE_WEIGHT, MIXTURES, MODEL_FILE, WEIGHTS_FILE, check_rnn_dir, load_weights
+from rnn.artifacts import (
+    DEATH_WINDOW,
+    DONE_WEIGHT,
+    MIXTURES,
+    MODEL_FILE,
+    WEIGHTS_FILE,
+    check_rnn_dir,
+    load_weights,
+)
 
 LR_FLOOR = 1e-5
-DEATH_WINDOW = 10  # frames at an episode's end whose z loss `--death-weight` weights
 """M's learning rate decays towards this (WME: min_learning_rate)."""
 
 

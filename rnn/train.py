@@ -24,7 +24,7 @@ from env.common.hardware import resolve_precision, training_device
 from env.common.rundir import RECORD
 from env.common.training import fit_from, last_logged, open_training_output, restore, standard_callbacks
 from env.tasks import Task, get_task
-from rnn.artifacts import MODEL_FILE, check_rnn_dir
+from rnn.artifacts import DEATH_WINDOW, MODEL_FILE, check_rnn_dir
 from rnn.artifacts import fingerprint as rnn_fingerprint
 from rnn.data import EpisodeBatches, SeriesSet, StreamBatches
 from vae.series import list_series, series_fingerprint
@@ -98,8 +98,8 @@ class RnnTrainConfig:
     death_weight: float = field(
         default=1.0,
         metadata={
-            "help": "Doom: weight of the z loss on each episode's last 10 frames, the approach of the fatal hit; "
-            "1 = the original (not in the original)"
+            "help": f"Doom: weight of the z loss on each episode's last {DEATH_WINDOW} frames, the approach of the "
+            "fatal hit; 1 = the original (not in the original)"
         },
     )
 

@@ -65,8 +65,19 @@ def test_the_death_summary_counts_outcomes_and_sums_ms_death_probabilities():
     assert found["expected_deaths"] == pytest.approx((1.0 + 1.0 / (1.0 + 10.0 / np.e)) / 2, rel=1e-6)
 
 
+def assert_most_likely_steps(z, out, steps):
+    """At τ → 0 each dreamed z_{t+1} is the mean of every dimension's most likely component of the head's
+    output `out` [T, NOUT] at t."""
+    from rnn.model import split_params
+
+    for t in steps:
+        mix_logits, means, _ = (np.asarray(a) for a in split_params(out[None, t], DOOM.z_size, True)[:3])
+        best = np.take_along_axis(means[0], mix_logits[0].argmax(-1)[:, None], -1)[:, 0]
+        np.testing.assert_allclose(z[t + 1], best, atol=1e-2)
+
+
 def test_ms_own_dream_of_a_recorded_episode_follows_its_most_likely_latents_at_a_tiny_temperature(doom_run):
-    from rnn.model import load_rnn, split_params
+    from rnn.model import load_rnn
     from vae.twin import EncoderTwin
 
     rng = np.random.default_rng(3)
@@ -86,14 +97,11 @@ def test_ms_own_dream_of_a_recorded_episode_follows_its_most_likely_latents_at_a
     x = np.concatenate([z, episode["action"], restart], axis=1)[None]
     out = np.asarray(model(x)[0])[0]  # Keras on the whole dreamed sequence
     np.testing.assert_allclose(logits, out[:, 0], atol=1e-4)  # the done logit leads the head's output
-    for t in range(steps - 1):  # at τ → 0 each next z is the mean of every dimension's most likely component
-        mix_logits, means, _ = (np.asarray(a) for a in split_params(out[None, t], DOOM.z_size, True)[:3])
-        best = np.take_along_axis(means[0], mix_logits[0].argmax(-1)[:, None], -1)[:, 0]
-        np.testing.assert_allclose(z[t + 1], best, atol=1e-2)
+    assert_most_likely_steps(z, out, range(steps - 1))
 
 
 def test_the_dreamed_ending_keeps_the_games_latents_before_it_and_dreams_the_rest(doom_run):
-    from rnn.model import load_rnn, split_params
+    from rnn.model import load_rnn
     from vae.twin import EncoderTwin
 
     rng = np.random.default_rng(4)
@@ -119,10 +127,7 @@ def test_the_dreamed_ending_keeps_the_games_latents_before_it_and_dreams_the_res
         return out, 1 / (1 + np.exp(np.log(10.0) - out[:, 0]))
 
     out, _ = keras_ending(z)
-    for t in range(steps - last - 1, steps - 1):  # the dreamed steps: each dimension's most likely component
-        mix_logits, means, _ = (np.asarray(a) for a in split_params(out[None, t], DOOM.z_size, True)[:3])
-        best = np.take_along_axis(means[0], mix_logits[0].argmax(-1)[:, None], -1)[:, 0]
-        np.testing.assert_allclose(z[t + 1], best, atol=1e-2)
+    assert_most_likely_steps(z, out, range(steps - last - 1, steps - 1))  # the dreamed steps
     game, dreamed = calibration.dreamed_ending(encoder, rnn, episode, 1e-6, last)
     assert game == pytest.approx(keras_ending(game_z)[1][-last:].sum(), rel=1e-3)
     assert dreamed == pytest.approx(keras_ending(z)[1][-last:].sum(), rel=1e-3)

@@ -172,6 +172,7 @@ def death_summary(episodes: Sequence[tuple[np.ndarray, bool]], window: int) -> d
 
 
 def mean_or_none(values: Sequence[float]) -> float | None:
+    """The mean of `values`, None where there are none (a run whose recorded episodes never died)."""
     return float(np.mean(values)) if values else None
 
 
