@@ -159,10 +159,11 @@ def test_cma_es_starts_at_the_initial_controller(doom_run, tmp_path):
 
 
 def test_presets_give_later_rounds_their_own_counts_on_top_of_the_stage():
-    assert stage_flags("doom", "small", "round-rnn", 3) == ["--steps=200", "--batch-size=20"]
+    assert stage_flags("doom", "small", "round-rnn", 3) == ["--steps=200", "--batch-size=20", "--death-weight=10"]
     assert stage_flags("doom", "small", "round-extract", 1) == ["--episodes=200"]
-    flags = stage_flags("doom", "small", "round-controller", 3)
-    assert "--generations=10" in flags and "--popsize=32" in flags and "--generations=30" not in flags
+    assert stage_flags("doom", "small", "round-controller", 3) == stage_flags("doom", "small", "controller", 3)
+    flags = stage_flags("doom", "paper", "round-controller", 3)
+    assert "--generations=200" in flags and not any(f.startswith("--popsize") for f in flags)
 
 
 def eval_file(path, returns):

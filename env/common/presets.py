@@ -57,7 +57,7 @@ PRESETS: dict[str, dict[str, dict[str, dict[str, object]]]] = {
         "doom": {
             "extract": {"episodes": 400},
             "vae": {"epochs": 8, "max_frames": 32000},
-            "rnn": {"steps": 600, "batch_size": 20},
+            "rnn": {"steps": 600, "batch_size": 20, "death_weight": 10},
             "controller": {
                 "popsize": 32,
                 "num_episode": 8,
@@ -69,7 +69,6 @@ PRESETS: dict[str, dict[str, dict[str, dict[str, object]]]] = {
             "run": {"rounds": 3},
             "round-extract": {"episodes": 200},
             "round-rnn": {"steps": 200},
-            "round-controller": {"generations": 10, "eval_every": 5},
         },
     },
     "paper": {
