@@ -144,17 +144,24 @@ class FixedPolicy:
 class ExploringAgent:
     """C with exploration, for collecting data where C goes (the paper's iterative training, §5): the episode
     is cut into segments of 1-10 steps as the data-collection policy cuts it; with probability `epsilon` a
-    segment holds one uniform random action instead of C's. M always consumes the action taken."""
+    segment holds one uniform random action instead of C's. M always consumes the action taken.
 
-    def __init__(self, agent: Agent, epsilon: float):
-        self.agent, self.epsilon = agent, epsilon
+    With probability `mirror` an episode is played by C's mirror image: V sees each frame flipped left to
+    right, and the action C (or a random segment) chooses is reflected (task.mirror) before the env takes
+    it; M consumes the unreflected action, so V, M and C live in the mirrored world together. A C that
+    keeps to one side of a left-right symmetric room (TakeCover's) so also shows M the other side."""
+
+    def __init__(self, agent: Agent, epsilon: float, mirror: float = 0.0):
+        self.agent, self.epsilon, self.mirror = agent, epsilon, mirror
+        self.reflect = np.asarray(agent.task.mirror, np.float32)
         self.rng = np.random.default_rng(0)
-        self.left, self.held = 0, None
+        self.left, self.held, self.mirrored = 0, None, False
 
     def reset(self, rng: np.random.Generator) -> None:
         self.agent.reset(rng)
-        self.rng = rng.spawn(1)[0]
+        self.rng, side = rng.spawn(2)
         self.left, self.held = 0, None
+        self.mirrored = bool(side.random() < self.mirror)
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         if self.left == 0:
@@ -163,7 +170,9 @@ class ExploringAgent:
             y = self.rng.uniform(-1.0, 1.0, self.agent.task.action_dim)
             self.held = controller_to_env_action(self.agent.task, y) if explore else None
         self.left -= 1
-        return self.agent.act(obs, self.held)
+        if not self.mirrored:
+            return self.agent.act(obs, self.held)
+        return self.agent.act(obs[:, ::-1], self.held) * self.reflect
 
 
 def play_episode(env, policy: Policy, seed: int, frames: list | None = None) -> tuple[float, int]:

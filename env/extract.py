@@ -63,6 +63,13 @@ class ExtractConfig:
         default=0.3,
         metadata={"help": "with --play: the chance that a segment of 1-10 steps holds a uniform random action"},
     )
+    mirror: float = field(
+        default=0.0,
+        metadata={
+            "help": "with --play: the chance that an episode is played by C's mirror image (frames flipped left to "
+            "right, actions reflected), so M also sees the side C avoids; 0 = off, as the paper"
+        },
+    )
     round: int = field(
         default=0,
         metadata={
@@ -100,7 +107,7 @@ def make_player(task: Task, config: ExtractConfig) -> Policy:
     _, shape, params, _, run_dir = played_controller(task, config)
     agent = Agent.load(run_dir, task, shape)
     agent.set_params(params)
-    return ExploringAgent(agent, config.explore)
+    return ExploringAgent(agent, config.explore, config.mirror)
 
 
 def played_inputs(task: Task, config: ExtractConfig) -> dict[str, str]:
@@ -221,8 +228,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"--max-steps must exceed {task.name}'s minimum kept episode length "
             f"{task.min_episode_length}, got {config.max_steps}"
         )
-    if not 0.0 <= config.explore <= 1.0 or config.round < 0:
-        raise UserError(f"--explore must lie in [0, 1] and --round be ≥ 0, got {config.explore} and {config.round}")
+    if not (0.0 <= config.explore <= 1.0 and 0.0 <= config.mirror <= 1.0) or config.round < 0:
+        raise UserError(
+            f"--explore and --mirror must lie in [0, 1] and --round be ≥ 0, "
+            f"got {config.explore}, {config.mirror} and {config.round}"
+        )
     inputs = played_inputs(task, config) if config.play else {}
     record_dir = Path(config.out) / "record"
     record = stage_record(config, implied=implied_settings(task), **({"inputs": inputs} if inputs else {}))

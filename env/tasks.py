@@ -35,6 +35,9 @@ class Task:
     """Width of the action the controller emits and the episode files store."""
     action_mapping: str
     """How C's tanh outputs become env actions: 'car' (steer, (x+1)/2 gas, clip brake) or 'left_right'."""
+    mirror: tuple[float, ...]
+    """Per-dimension signs that turn an env action into its mirror image, left and right swapped (car: steering;
+    Doom: the one left/right dimension). Iterative training's `--mirror` plays C's mirror image with them."""
     max_steps: int
     """Episode cap in env steps (CarRacing's TimeLimit 1000; Doom's 2100-tic timeout)."""
     min_episode_length: int
@@ -97,6 +100,7 @@ TASKS: dict[str, Task] = {
         start_time=0,
         action_dim=3,
         action_mapping="car",
+        mirror=(-1.0, 1.0, 1.0),
         max_steps=1000,
         min_episode_length=0,
         collect_policy="cauchy_controller",
@@ -127,6 +131,7 @@ TASKS: dict[str, Task] = {
         start_time=14,
         action_dim=1,
         action_mapping="left_right",
+        mirror=(-1.0,),
         max_steps=2100,
         min_episode_length=100,
         collect_policy="repeat_uniform",

@@ -75,6 +75,38 @@ def test_exploring_without_exploration_is_c_and_with_it_holds_random_segments_th
     np.testing.assert_array_equal(agent.c, c)
 
 
+def test_a_mirrored_episode_is_c_on_flipped_frames_with_its_action_reflected_and_m_in_the_mirror(doom_run):
+    out, params = doom_run
+    frames = np.random.default_rng(1).integers(0, 256, (40, 64, 64, 3), dtype=np.uint8)
+    plain = agent_of(out, params)
+    plain.reset(np.random.default_rng([5, 1]))
+    flipped_actions = np.array([plain.act(f) for f in frames[:, :, ::-1]])
+    mirrored = ExploringAgent(agent_of(out, params), 0.0, mirror=1.0)
+    mirrored.reset(np.random.default_rng([5, 1]))
+    actions = np.array([mirrored.act(f) for f in frames])
+    assert np.abs(flipped_actions).min() > 0  # a sign that can be seen to flip
+    np.testing.assert_array_equal(actions, -flipped_actions)  # Doom: left is -1, right +1
+    np.testing.assert_array_equal(mirrored.agent.h, plain.h)  # M consumed the mirror world's own actions
+    np.testing.assert_array_equal(mirrored.agent.c, plain.c)
+    assert DOOM.mirror == (-1.0,) and get_task("carracing").mirror == (-1.0, 1.0, 1.0)  # steering only
+
+    half = ExploringAgent(agent_of(out, params), 0.3, mirror=0.5)
+    sides = []
+    for seed in range(400):
+        half.reset(np.random.default_rng([seed, 1]))
+        sides.append(half.mirrored)
+    assert 0.42 < np.mean(sides) < 0.58  # binomial(400, 0.5): ± 3.2 std
+    never = ExploringAgent(agent_of(out, params), 0.3)
+    never.reset(np.random.default_rng([5, 1]))
+    assert not never.mirrored
+
+
+@pytest.mark.parametrize("flag", [["--mirror", "1.5"], ["--mirror", "-0.1"], ["--explore", "2"]])
+def test_stage_1_refuses_a_chance_outside_0_1(tmp_path, flag):
+    with pytest.raises(UserError, match="must lie in \\[0, 1\\]"):
+        extract.main(["--task", "doom", "--out", str(tmp_path), "--episodes", "1", "--workers", "1", *flag])
+
+
 def test_stage_1_plays_a_controller_records_its_episodes_and_refuses_another(doom_run, tmp_path):
     out, params = doom_run
     args = ["--task", "doom", "--episodes", "2", "--max-steps", "150", "--workers", "1", "--explore", "0"]
@@ -160,7 +192,8 @@ def test_cma_es_starts_at_the_initial_controller(doom_run, tmp_path):
 
 def test_presets_give_later_rounds_their_own_counts_on_top_of_the_stage():
     assert stage_flags("doom", "small", "round-rnn", 3) == ["--steps=200", "--batch-size=20", "--death-weight=10"]
-    assert stage_flags("doom", "small", "round-extract", 1) == ["--episodes=200"]
+    assert stage_flags("doom", "small", "round-extract", 1) == ["--episodes=200", "--mirror=0.5"]
+    assert not any(f.startswith("--mirror") for f in stage_flags("doom", "paper", "round-extract", 1))
     assert stage_flags("doom", "small", "round-controller", 3) == stage_flags("doom", "small", "controller", 3)
     flags = stage_flags("doom", "paper", "round-controller", 3)
     assert "--generations=200" in flags and not any(f.startswith("--popsize") for f in flags)

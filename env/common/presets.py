@@ -67,7 +67,7 @@ PRESETS: dict[str, dict[str, dict[str, dict[str, object]]]] = {
                 "dream_done": "sample",
             },
             "run": {"rounds": 3},
-            "round-extract": {"episodes": 200},
+            "round-extract": {"episodes": 200, "mirror": 0.5},
             "round-rnn": {"steps": 200},
         },
     },
