@@ -15,7 +15,7 @@ from controller.results import rounds
 from env import extract
 from env.common.cli import UserError
 from env.common.presets import stage_flags
-from env.episodes import list_episodes, read_episode
+from env.episodes import episode_path, list_episodes, read_episode, write_episode
 from env.tasks import get_task
 from rnn import train as rnn_train
 from rnn.model import load_rnn
@@ -206,11 +206,20 @@ def eval_file(path, returns):
 
 
 def test_the_rounds_table_reads_each_rounds_data_m_and_scores(tmp_path):
+    # Per episode, round 1 moves left on 1 step of 4 (-0.5) and right on 1 (0.9); round 2 left on 1 (-0.34),
+    # right on 2 (0.5), and -0.3 is inside the no-op band.
+    moves = {1: [-0.5, 0.0, 0.2, 0.9], 2: [0.5, 0.5, -0.3, -0.34]}
     for r, (real, dream) in enumerate((([100, 300], [900, 1100]), ([400, 600], [450, 550])), start=1):
         d = rounds.round_dir(tmp_path, r)
         (d / "record").mkdir(parents=True)
         for i in range(3 * r):
-            (d / "record" / f"ep_{i:06d}.npz").write_bytes(b"")
+            frames = np.zeros((4, 64, 64, 3), np.uint8)
+            action = np.array(moves[r], np.float32)[:, None]
+            write_episode(
+                episode_path(d / "record", i), DOOM, frames, action, np.ones(4, np.float32), np.eye(4)[3] > 0, i
+            )
+        if r == 2:
+            (d / "record" / "config.json").write_text(json.dumps({"settings": {"explore": 0.3, "mirror": 0.5}}))
         (d / "rnn").mkdir()
         (d / "rnn" / "config.json").write_text(
             json.dumps(
@@ -228,7 +237,9 @@ def test_the_rounds_table_reads_each_rounds_data_m_and_scores(tmp_path):
     assert [r["real"]["mean"] for r in rows] == [200.0, 500.0]
     assert [round(r["dream_over_real"], 3) for r in rows] == [5.0, 1.0]
     text = (tmp_path / "rounds.md").read_text()
-    assert "| 2 | 6 (round 1's C, exploring) | 12 episodes (2,000 frames) |" in text
+    assert [r["sides"] for r in rows] == [{"left": 0.25, "right": 0.25}, {"left": 0.25, "right": 0.5}]
+    assert "| 1 | 3 (random policy) | 25%, 25% | 3 episodes (1,000 frames) |" in text
+    assert "| 2 | 6 (round 1's C, exploring, 50% mirrored) | 25%, 50% | 12 episodes (2,000 frames) |" in text
     assert "500 ± 100 (n=2)" in text and "1000 ± 100 (n=2)" in text
 
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from controller.model import default_mode
 from controller.results.calibration import ratio
 from controller.results.replicates import summary
@@ -23,8 +25,9 @@ from controller.results.report import read_optional, round_dir, score
 from env.common.cli import UserError, parse_config, run
 from env.common.files import atomic_write, write_json
 from env.common.rundir import RECORD
-from env.episodes import list_episodes
-from env.tasks import get_task
+from env.episodes import list_episodes, read_episode
+from env.tasks import Task, get_task
+from env.wrappers import DOOM_THRESHOLD
 
 
 @dataclass
@@ -36,9 +39,20 @@ class RoundsConfig:
     rounds: int = field(default=0, metadata={"help": "rounds to tabulate; 0 = every OUT/round<R>/ found"})
 
 
-def round_row(run_dir: Path, r: int, name: str) -> dict[str, Any]:
+def sides(record: Path, task: Task) -> dict[str, float] | None:
+    """The share of a record's steps whose action moves left (a < -1/3) and right (a > 1/3): where a round's
+    players took M's data. None for an empty record."""
+    actions = [read_episode(p, task, ["action"])["action"][:, 0] for p in list_episodes(record)]
+    if not actions:
+        return None
+    a = np.concatenate(actions)
+    return {"left": float(np.mean(a < -DOOM_THRESHOLD)), "right": float(np.mean(a > DOOM_THRESHOLD))}
+
+
+def round_row(run_dir: Path, r: int, name: str, task: Task) -> dict[str, Any]:
     """One round's data, M and C as stages 1 and 4-6 recorded them (None where a stage has not run)."""
     record = run_dir / "record"
+    collected = (read_optional(record / RECORD) or {}).get("settings") or {}
     rnn = read_optional(run_dir / "rnn" / RECORD) or {}
     controller = read_optional(run_dir / "controller" / name / RECORD) or {}
     real = read_optional(run_dir / "eval" / f"{name}.json")
@@ -48,6 +62,8 @@ def round_row(run_dir: Path, r: int, name: str) -> dict[str, Any]:
         "round": r,
         "dir": str(run_dir),
         "new_episodes": len(list_episodes(record)) if record.exists() else 0,
+        "mirror": collected.get("mirror", 0.0),
+        "sides": sides(record, task) if record.exists() else None,
         "m_episodes": (rnn.get("inputs") or {}).get("episodes"),
         "m_frames": (rnn.get("inputs") or {}).get("frames"),
         "m_steps": (rnn.get("result") or {}).get("steps"),
@@ -64,17 +80,20 @@ def round_row(run_dir: Path, r: int, name: str) -> dict[str, Any]:
 def table(rows: list[dict[str, Any]]) -> list[str]:
     """The markdown table of the rounds."""
     lines = [
-        "| round | new episodes (played by) | M trained on | M updates | M NLL, done loss | C generations "
-        "| real VizDoom | dream | dream ÷ real |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| round | new episodes (played by) | their steps left, right | M trained on | M updates | M NLL, done loss "
+        "| C generations | real VizDoom | dream | dream ÷ real |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         who = "random policy" if row["round"] == 1 else f"round {row['round'] - 1}'s C, exploring"
+        if row["round"] > 1 and row["mirror"]:
+            who += f", {row['mirror']:.0%} mirrored"
+        moved = f"{row['sides']['left']:.0%}, {row['sides']['right']:.0%}" if row["sides"] else "—"
         data = f"{row['m_episodes']} episodes ({row['m_frames']:,} frames)" if row["m_frames"] else "—"
         m = f"{row['nll']}, {row['done_loss']}" if row["nll"] is not None else "—"
         r = f"{row['dream_over_real']:.2f}" if row["dream_over_real"] is not None else "—"
         lines.append(
-            f"| {row['round']} | {row['new_episodes']} ({who}) | {data} | {row['m_steps'] or '—'} | {m} "
+            f"| {row['round']} | {row['new_episodes']} ({who}) | {moved} | {data} | {row['m_steps'] or '—'} | {m} "
             f"| {row['generations'] or '—'} | {score(row['real'])} | {score(row['dream'])} | {r} |"
         )
     return lines
@@ -94,12 +113,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         while round_dir(out, count + 1).is_dir():
             count += 1
     name = default_mode(task)
-    rows = [round_row(round_dir(out, r), r, name) for r in range(1, count + 1)]
+    rows = [round_row(round_dir(out, r), r, name, task) for r in range(1, count + 1)]
     lines = table(rows)
     lines += [
         "",
         "Scores: survival steps, mean ± population std (n held-out episodes, the same seeds every round); "
-        "dream at the training τ. M NLL: per z element on the first batches; done loss: M's weighted BCE.",
+        "dream at the training τ. Steps left, right: the share of the new episodes' steps whose action "
+        "moved the player left (a < -1/3) and right (a > 1/3). M NLL: per z element on the first batches; done loss: M's weighted BCE.",
     ]
     text = "\n".join(lines) + "\n"
     atomic_write(out / "rounds.md", lambda f: f.write(text), mode="w")
