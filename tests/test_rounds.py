@@ -194,7 +194,9 @@ def test_presets_give_later_rounds_their_own_counts_on_top_of_the_stage():
     assert stage_flags("doom", "small", "round-rnn", 3) == ["--steps=200", "--batch-size=20", "--death-weight=10"]
     assert stage_flags("doom", "small", "round-extract", 1) == ["--episodes=200", "--mirror=0.5"]
     assert not any(f.startswith("--mirror") for f in stage_flags("doom", "paper", "round-extract", 1))
-    assert stage_flags("doom", "small", "round-controller", 3) == stage_flags("doom", "small", "controller", 3)
+    fresh = stage_flags("doom", "small", "round-controller", 3)
+    assert fresh == [*stage_flags("doom", "small", "controller", 3), "--init="]  # C afresh each round
+    assert train.parse_config(train.TrainConfig, ["--init", "RUN", *fresh]).init == ""  # the last flag wins
     flags = stage_flags("doom", "paper", "round-controller", 3)
     assert "--generations=200" in flags and not any(f.startswith("--popsize") for f in flags)
 

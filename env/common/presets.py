@@ -69,6 +69,7 @@ PRESETS: dict[str, dict[str, dict[str, dict[str, object]]]] = {
             "run": {"rounds": 3},
             "round-extract": {"episodes": 200, "mirror": 0.5},
             "round-rnn": {"steps": 200},
+            "round-controller": {"init": ""},
         },
     },
     "paper": {
@@ -84,7 +85,8 @@ PRESETS: dict[str, dict[str, dict[str, dict[str, object]]]] = {
 """preset → task → stage → flag values. Stages: extract, vae, series, rnn, controller (stage 5) and
 evaluate (stage 6, also the random baseline). Anything not named here is the stage's default.
 Iterative training's later rounds (`run.sh --rounds`, Doom) run `round-extract`, `round-rnn` and
-`round-controller`: the flags of extract, rnn and controller, with these values on top. `run` holds
+`round-controller`: the flags of extract, rnn and controller, with these values on top (after run.sh's own,
+so `init: ''` trains each round's C afresh from 0 instead of continuing the last round's). `run` holds
 run.sh's own defaults for the preset (`rounds`; 1, the original's single pass, where absent)."""
 
 PARALLEL_STAGES = ("extract", "evaluate")
