@@ -4,7 +4,8 @@
 
 Round 1 is the run directory itself (the original's single pass: random-policy data, M, C in the dream);
 round R ≥ 2 is `OUT/round<R>/` (`run.sh --rounds`): episodes of round R − 1's controller played in VizDoom
-with exploration, M continued on every round's data, C continued in the new dream. For each round it
+with exploration (and mirrored, with `--mirror`), M continued on every round's data, C continued or trained
+afresh in the new dream. For each round it
 reads what stages 1 and 4-6 wrote and tabulates the real and dream scores (mean ± std, n) with their ratio.
 Writes `OUT/rounds.md` and `OUT/rounds.json`; stage 7's report includes the table.
 """
