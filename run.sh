@@ -14,7 +14,8 @@
 #              of controller.results.replicates in runs/<task>-<preset>-replicates.md (or OUT-replicates.md).
 #   --np N     (default: cores + 1) stage 5 runs under mpirun -np N when N > 1: rank 0 runs CMA-ES, N - 1 play.
 #   --rounds K (Doom; default the preset's: small 3, else 1) iterative training: after the pipeline, rounds 2..K each play the last round's C
-#              in VizDoom with exploration, continue M on all data so far and C in the new dream, and score
+#              in VizDoom with exploration, continue M on all data so far and C (small: afresh, half the
+#              episodes mirrored) in the new dream, and score
 #              both, in OUT/round<R>/; controller.results.rounds tabulates every round in OUT/rounds.md.
 #   Every run directory gets OUT/run.json: task, preset, seed, np, rounds and the command line that made it.
 #
