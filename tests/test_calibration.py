@@ -65,15 +65,23 @@ def test_the_death_summary_counts_outcomes_and_sums_ms_death_probabilities():
     assert found["expected_deaths"] == pytest.approx((1.0 + 1.0 / (1.0 + 10.0 / np.e)) / 2, rel=1e-6)
 
 
+TIE = 1e-4
+"""Logits this close to a dimension's largest are a tie at τ = 1e-6: float round-off between the twin and Keras
+(≈ 1e-6, machine-dependent) decides which of them the dream draws. An untrained M's logits differ by ≈ 1e-3."""
+
+
 def assert_most_likely_steps(z, out, steps):
     """At τ → 0 each dreamed z_{t+1} is the mean of every dimension's most likely component of the head's
-    output `out` [T, NOUT] at t."""
+    output `out` [T, NOUT] at t (of one of them, where several tie)."""
     from rnn.model import split_params
 
     for t in steps:
-        mix_logits, means, _ = (np.asarray(a) for a in split_params(out[None, t], DOOM.z_size, True)[:3])
-        best = np.take_along_axis(means[0], mix_logits[0].argmax(-1)[:, None], -1)[:, 0]
-        np.testing.assert_allclose(z[t + 1], best, atol=1e-2)
+        mix_logits, means, _ = (np.asarray(a)[0] for a in split_params(out[None, t], DOOM.z_size, True)[:3])
+        best = np.take_along_axis(means, mix_logits.argmax(-1)[:, None], -1)[:, 0]
+        tied = mix_logits >= mix_logits.max(-1, keepdims=True) - TIE
+        assert tied.sum() < 1.5 * DOOM.z_size  # ties are rare: the check below stays the argmax's almost everywhere
+        error = np.where(tied, np.abs(z[t + 1][:, None] - means), np.inf).min(-1)
+        np.testing.assert_array_less(error, 1e-2, err_msg=f"step {t}: z {z[t + 1]}, most likely means {best}")
 
 
 def test_ms_own_dream_of_a_recorded_episode_follows_its_most_likely_latents_at_a_tiny_temperature(doom_run):
