@@ -191,7 +191,7 @@ def test_cma_es_starts_at_the_initial_controller(doom_run, tmp_path):
 
 
 def test_presets_give_later_rounds_their_own_counts_on_top_of_the_stage():
-    assert stage_flags("doom", "small", "round-rnn", 3) == ["--steps=200", "--batch-size=20", "--death-weight=10"]
+    assert stage_flags("doom", "small", "round-rnn", 3) == ["--steps=400", "--batch-size=20", "--death-weight=10"]
     assert stage_flags("doom", "small", "round-extract", 1) == ["--episodes=200", "--mirror=0.5"]
     assert not any(f.startswith("--mirror") for f in stage_flags("doom", "paper", "round-extract", 1))
     fresh = stage_flags("doom", "small", "round-controller", 3)

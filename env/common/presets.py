@@ -68,7 +68,7 @@ PRESETS: dict[str, dict[str, dict[str, dict[str, object]]]] = {
             },
             "run": {"rounds": 3},
             "round-extract": {"episodes": 200, "mirror": 0.5},
-            "round-rnn": {"steps": 200},
+            "round-rnn": {"steps": 400},
             "round-controller": {"init": ""},
         },
     },
