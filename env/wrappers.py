@@ -144,6 +144,9 @@ class DoomTakeCoverEnv(gymnasium.Env):
         game.set_sound_enabled(False)
         game.set_mode(vizdoom.Mode.PLAYER)
         self._game = game
+        # The engine makes ./_vizdoom/ on its first start in a directory; two workers starting at once both try,
+        # and the one that loses the race dies (SIGSEGV). Made here first, no engine has to.
+        os.makedirs("_vizdoom", exist_ok=True)
         self._engines = _start(game)
         names = [str(b).split(".")[-1] for b in game.get_available_buttons()]
         self._left = [float(n == "MOVE_LEFT") for n in names]

@@ -132,6 +132,19 @@ def test_a_closed_doom_env_leaves_no_engine_or_shared_memory():
     assert engine_instance(pid) == "" and not list(Path("/dev/shm").glob(f"ViZDoom*{instance}"))
 
 
+def test_a_doom_env_makes_its_engine_directory_before_the_engine_starts(tmp_path, monkeypatch):
+    """The engine makes ./_vizdoom/ on its first start in a directory; two workers starting together in a fresh one
+    raced for it, and the loser's engine died (SIGSEGV)."""
+    import env.wrappers as wrappers
+
+    seen = []
+    start = wrappers._start
+    monkeypatch.setattr(wrappers, "_start", lambda game: (seen.append(Path("_vizdoom").is_dir()), start(game))[1])
+    monkeypatch.chdir(tmp_path)
+    make_env(get_task("doom"), max_steps=5).close()
+    assert seen == [True]
+
+
 def feed_in_pieces(data: bytes, sizes, gpu=False) -> list[bytes]:
     line_filter = startup_noise_filter(gpu=gpu)
     out, start = [], 0
