@@ -139,7 +139,12 @@ def test_a_doom_env_makes_its_engine_directory_before_the_engine_starts(tmp_path
 
     seen = []
     start = wrappers._start
-    monkeypatch.setattr(wrappers, "_start", lambda game: (seen.append(Path("_vizdoom").is_dir()), start(game))[1])
+
+    def start_and_look(game):
+        seen.append(Path("_vizdoom").is_dir())
+        return start(game)
+
+    monkeypatch.setattr(wrappers, "_start", start_and_look)
     monkeypatch.chdir(tmp_path)
     make_env(get_task("doom"), max_steps=5).close()
     assert seen == [True]
