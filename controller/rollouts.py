@@ -57,6 +57,9 @@ class RolloutSpec:
     """How M's done logit ends a dream episode (rnn.dream.DONE_RULES)."""
     backend: str = ""
     """The engine of the real env (env.wrappers.ENVS); '' = the task's scoring backend."""
+    worlds: tuple[str, ...] = ()
+    """Run directories whose Ms are dreams too (`controller.train --worlds`): a job's episode column e plays in
+    dream e mod (1 + len(worlds)), 0 being `run_dir`'s M; C's features always come from `run_dir`'s M."""
 
 
 @dataclass
@@ -210,20 +213,21 @@ class LockstepRollouts:
 
 
 class DreamRollouts:
-    """A worker's M; `run(job)` plays all of a job's episodes in M's dream as one vectorised batch."""
+    """A worker's M; `run(job)` plays all of a job's episodes in M's dream as one vectorised batch (with
+    `spec.worlds`, one batch per dream)."""
 
     def __init__(self, spec: RolloutSpec):
         self.spec = spec
         self.task = get_task(spec.task)
         self.shape = controller_shape(self.task, spec.mode)
         self.rnn = RNNTwin.load(Path(spec.run_dir) / "rnn", self.task)
+        self.worlds = [self.rnn] + [RNNTwin.load(Path(w) / "rnn", self.task) for w in spec.worlds]
 
-    def run(self, job: Job) -> JobResult:
-        """Every (candidate, seed) episode of `job`, stepped together until the last one ends."""
-        seeds = np.asarray(job.seeds, dtype=np.int64)
+    def play(self, params: np.ndarray, seeds: np.ndarray, world: RNNTwin) -> tuple[np.ndarray, np.ndarray]:
+        """Candidates params [k, P] on seeds [k, E] in `world`'s dream → (returns, lengths) [k, E]."""
         k, episodes = seeds.shape
         dream = DreamBatch(
-            self.rnn, seeds.reshape(-1), self.spec.tau, self.spec.max_steps, done_rule=self.spec.dream_done
+            self.rnn, seeds.reshape(-1), self.spec.tau, self.spec.max_steps, self.spec.dream_done, world=world
         )
         if self.spec.policy:
             policies = [
@@ -233,12 +237,23 @@ class DreamRollouts:
             while not dream.done:
                 dream.step(np.stack([policies[b](dream.t) for b in dream.active]))
         else:
-            controllers = BatchController(self.shape, job.params)
+            controllers = BatchController(self.shape, params)
             which = np.repeat(np.arange(k), episodes)
             while not dream.done:
                 y = controllers(features(self.shape, dream.z, dream.h, dream.c), which[dream.active])
                 dream.step(controller_to_env_action(self.task, y))
-        return JobResult(dream.returns.reshape(k, episodes), dream.lengths.reshape(k, episodes), [], peak_rss_mb())
+        return dream.returns.reshape(k, episodes), dream.lengths.reshape(k, episodes)
+
+    def run(self, job: Job) -> JobResult:
+        """Every (candidate, seed) episode of `job`, stepped together until the last one ends."""
+        seeds = np.asarray(job.seeds, dtype=np.int64)
+        returns = np.zeros(seeds.shape, np.float64)
+        lengths = np.zeros(seeds.shape, np.int64)
+        for w, world in enumerate(self.worlds):
+            columns = np.arange(w, seeds.shape[1], len(self.worlds))
+            if len(columns):
+                returns[:, columns], lengths[:, columns] = self.play(job.params, seeds[:, columns], world)
+        return JobResult(returns, lengths, [], peak_rss_mb())
 
     def close(self) -> None:
         """Nothing to release: the dream holds no env."""

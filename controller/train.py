@@ -110,6 +110,14 @@ class TrainConfig:
             "training continues the last round's controller in the new dream; '' = 0 (the original)"
         },
     )
+    worlds: str = field(
+        default="",
+        metadata={
+            "help": "comma-separated run directories whose Ms are dreams too (on the same V): each candidate's "
+            "episodes alternate between OUT's dream and theirs, C's features always from OUT's M; '' = OUT's "
+            "dream only (the original)"
+        },
+    )
     sigma_init: float = field(default=0.1, metadata={"help": "CMA-ES initial step size (original: 0.1)"})
     weight_decay: float = field(
         default=0.01,
@@ -274,10 +282,33 @@ def trained_models(params_file: Path, record: dict[str, Any], run_dir: Path, tas
 
 
 def record_inputs(config: TrainConfig, task: Task, models: dict[str, str]) -> dict[str, str]:
-    """What the search read: V and M's fingerprints, and with --init the starting controller's."""
-    if not config.init:
-        return models
-    return {**models, "init": params_sha256(read_params(params_path(config.init, task), task)[1])}
+    """What the search read: V and M's fingerprints, with --init the starting controller's, with --worlds
+    each other dream's M's."""
+    inputs = dict(models)
+    if config.init:
+        inputs["init"] = params_sha256(read_params(params_path(config.init, task), task)[1])
+    for i, world in enumerate(world_dirs(config.worlds), start=1):
+        inputs[f"world{i}"] = rnn_fingerprint(world / "rnn")
+    return inputs
+
+
+def world_dirs(worlds: str) -> list[Path]:
+    """--worlds → run directories."""
+    return [Path(w) for w in worlds.split(",") if w]
+
+
+def check_worlds(config: TrainConfig, task: Task, run_dir: Path) -> tuple[str, ...]:
+    """--worlds checked: each a run directory whose M can be a dream for `task` and was trained on OUT's V's
+    latents (the same V fingerprint); → their paths. A UserError otherwise."""
+    dirs = world_dirs(config.worlds)
+    if dirs and config.env != "dream":
+        raise UserError("--worlds needs --env dream: other Ms are other dreams")
+    own_v = vae_fingerprint(run_dir / "vae")
+    for world in dirs:
+        check_dream(world, task)
+        if vae_fingerprint(world / "vae") != own_v:
+            raise UserError(f"--worlds {world}: its M was trained on another V than {run_dir / 'vae'}")
+    return tuple(str(w) for w in dirs)
 
 
 def generation_row(
@@ -408,6 +439,7 @@ def prepare(config: TrainConfig) -> tuple[Task, ControllerShape, Path, SearchSta
     models = model_fingerprints(run_dir, task, shape.uses_m or "dream" in (config.env, config.eval_env))
     if "dream" in (config.env, config.eval_env):
         check_dream(run_dir, task)
+    worlds = check_worlds(config, task, run_dir)
     out_dir = run_dir / "controller" / config.name
     x0 = None
     if config.init:
@@ -450,6 +482,7 @@ def prepare(config: TrainConfig) -> tuple[Task, ControllerShape, Path, SearchSta
         tau=config.tau,
         dream_done=config.dream_done,
         backend=config.backend,
+        worlds=worlds,
     )
     return task, shape, out_dir, state, spec
 

@@ -11,6 +11,10 @@ reward and done logit instead, and has no restart input. After the step the cont
 [z_{t+1}, c_{t+1}, h_{t+1}]:
 the same time alignment as in the real game, so a controller trained here plays there unchanged.
 
+With `world`, the dream is another M's (of the same task, trained on the same V's latents): that M
+samples z_{t+1} and ends the episode, while the controller's h and c stay those of `rnn`, run along
+the same z and actions as it runs along V's latents in the real game (`controller.train --worlds`).
+
 Every episode draws its randomness from its own generator, seeded by its episode seed, in blocks
 of `NOISE_BLOCK` steps: an episode's trajectory does not depend on which other episodes share
 its batch. Finished episodes leave the batch, so the cost follows the episodes still running.
@@ -38,24 +42,37 @@ DONE_RULES = ("threshold", "sample")
 class DreamBatch:
     """B dream episodes of M, stepped in lockstep; `z`, `h`, `c` hold the running episodes' rows."""
 
-    def __init__(self, rnn: RNNTwin, seeds: np.ndarray, tau: float, max_steps: int, done_rule: str = "threshold"):
+    def __init__(
+        self,
+        rnn: RNNTwin,
+        seeds: np.ndarray,
+        tau: float,
+        max_steps: int,
+        done_rule: str = "threshold",
+        world: RNNTwin | None = None,
+    ):
         if done_rule not in DONE_RULES:
             raise ValueError(f"done rule must be one of {', '.join(DONE_RULES)}, got {done_rule!r}")
-        if not rnn.predicts_done:
-            raise ValueError(f"this {rnn.task.name} M predicts no done flag: it cannot end dream episodes")
-        if rnn.initial_z[0] is None:
+        world = rnn if world is None else world
+        if world.task.name != rnn.task.name or world.units != rnn.units:
+            raise ValueError(f"the dream's M ({world.task.name}) and C's M ({rnn.task.name}) differ in task or units")
+        if not world.predicts_done:
+            raise ValueError(f"this {world.task.name} M predicts no done flag: it cannot end dream episodes")
+        if world.initial_z[0] is None:
             raise ValueError("M's weights hold no initial_z (rerun stage 4)")
-        self.rnn, self.tau, self.max_steps, self.done_rule = rnn, float(tau), max_steps, done_rule
+        self.rnn, self.world, self.tau, self.max_steps, self.done_rule = rnn, world, float(tau), max_steps, done_rule
         seeds = np.asarray(seeds, dtype=np.int64).reshape(-1)
         self.rngs = [np.random.default_rng([int(s), DREAM_STREAM]) for s in seeds]
         self.done_rngs = [np.random.default_rng([int(s), DONE_STREAM]) for s in seeds] if done_rule == "sample" else []
-        mu, logvar = (np.asarray(a, np.float32) for a in rnn.initial_z)
+        mu, logvar = (np.asarray(a, np.float32) for a in world.initial_z)
         z = np.empty((len(seeds), rnn.task.z_size), np.float32)
         for b, rng in enumerate(self.rngs):
             start = rng.integers(len(mu))
             z[b] = mu[start] + np.exp(0.5 * logvar[start]) * rng.standard_normal(mu.shape[1], dtype=np.float32)
         self.z = z
         self.h, self.c = rnn.initial_state(len(seeds))
+        self.world_h, self.world_c = world.initial_state(len(seeds)) if world is not rnn else (None, None)
+        """The state of the dream's M where `world` is another M than C's."""
         self.restart = np.ones((len(seeds), 1 if rnn.resets else 0), np.float32)
         self.active = np.arange(len(seeds))
         """Batch indices of the running episodes, in the row order of z, h, c."""
@@ -86,7 +103,11 @@ class DreamBatch:
         episodes then leave z, h, c and `active`."""
         u, eps, draw = self._noise()
         x = np.concatenate([self.z, np.asarray(action, np.float32), self.restart], axis=1)
-        params, self.h, self.c = self.rnn.step(x, self.h, self.c)
+        if self.world is self.rnn:
+            params, self.h, self.c = self.rnn.step(x, self.h, self.c)
+        else:
+            params, self.world_h, self.world_c = self.world.step(x, self.world_h, self.world_c)
+            self.h, self.c = self.rnn.lstm(x, self.h, self.c)
         self.z = sample_z_from(params, self.tau, u, eps)
         self.t += 1
         self.lengths[self.active] = self.t
@@ -101,6 +122,8 @@ class DreamBatch:
             keep = ~done
             self.active = self.active[keep]
             self.z, self.h, self.c, self.restart = self.z[keep], self.h[keep], self.c[keep], self.restart[keep]
+            if self.world is not self.rnn:
+                self.world_h, self.world_c = self.world_h[keep], self.world_c[keep]
             self.noise_u, self.noise_eps = self.noise_u[keep], self.noise_eps[keep]
             if self.done_rule == "sample":
                 self.noise_done = self.noise_done[keep]

@@ -1,5 +1,6 @@
 """Stages 5 and 6 on untrained V and M: MPI vs serial, kill and resume, env crashes, evaluation, errors."""
 
+import dataclasses
 import json
 import os
 import re
@@ -12,8 +13,9 @@ import numpy as np
 import pytest
 
 from controller import evaluate, rollouts, train
-from controller.es import TEST_BASE, TRAIN_RANGE, heldout_seeds
+from controller.es import TEST_BASE, TRAIN_RANGE, heldout_seeds, selection_seeds
 from env.tasks import get_task
+from rnn.artifacts import fingerprint as rnn_fingerprint
 from rnn.model import build_rnn, save_rnn
 from tests.conftest import ROOT
 from vae.model import build_vae, save_vae
@@ -320,6 +322,34 @@ def test_a_controller_trained_under_the_sample_done_rule_is_scored_under_it_in_t
         spec = rollouts.RolloutSpec(str(out), "doom", "zch", 200, env="dream", dream_done=rule)
         want = rollouts.DreamRollouts(spec).run(rollouts.Job(params, seeds)).lengths[0]
         assert [e["length"] for e in found["episodes"]] == want.tolist()
+
+
+def test_a_search_over_two_dreams_scores_half_of_each_candidates_episodes_in_each(tmp_path):
+    out, other = make_run(tmp_path / "run", DOOM), make_run(tmp_path / "other", DOOM, seed=3)
+    (other / "vae" / "weights.npz").write_bytes((out / "vae" / "weights.npz").read_bytes())  # one V, two Ms
+    flags = ["--task", "doom", "--popsize", "4", "--num-episode", "4", "--generations", "1", "--max-steps", "200"]
+    flags += ["--eval-episodes", "4", "--dream-done", "sample", "--worlds", str(other)]
+    assert train.main(["--out", str(out), *flags]) == 0
+    record = json.loads((out / "controller" / "zch" / "config.json").read_text())
+    assert record["inputs"]["world1"] == rnn_fingerprint(other / "rnn")
+    best = json.loads((out / "controller" / "zch" / "best.json").read_text())
+    spec = rollouts.RolloutSpec(str(out), "doom", "zch", 200, env="dream", dream_done="sample")
+    seeds = selection_seeds(4)
+    # Evaluation jobs: one worker, one row of the 4 selection seeds; columns 0, 2 in OUT's dream, 1, 3 in the other's.
+    want = rollouts.DreamRollouts(dataclasses.replace(spec, worlds=(str(other),)))
+    lengths = want.run(rollouts.Job(np.array(best["params"])[None], seeds[None])).lengths[0]
+    assert best["evaluation"]["mean"] == pytest.approx(lengths.mean())
+    own = rollouts.DreamRollouts(spec).run(rollouts.Job(np.array(best["params"])[None], seeds[None])).lengths[0]
+    assert lengths[0::2].tolist() == own[0::2].tolist() and lengths[1::2].tolist() != own[1::2].tolist()
+
+    elsewhere = make_run(tmp_path / "elsewhere", DOOM, seed=5)
+    for extra, message in (
+        (["--worlds", str(elsewhere)], "trained on another V"),
+        (["--worlds", str(other), "--env", "real"], "--worlds needs --env dream"),
+        (["--worlds", str(tmp_path / "none")], "weights.npz: missing"),
+    ):
+        result = run_module("controller.train", "--out", str(out), "--task", "doom", "--name", "x", *extra)
+        assert result.returncode == 2 and message in result.stderr, result.stderr
 
 
 def test_user_errors_are_one_line_with_exit_2(car_run, tmp_path):

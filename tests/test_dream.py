@@ -1,5 +1,7 @@
 """The dream env: starts, ends, per-episode randomness, and the controller's view, against step-by-step references."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -32,9 +34,28 @@ def doom_m(seed=0, done_bias=-4.0, initial_logvar=-2.0, starts=5):
     return RNNTwin(w, DOOM)
 
 
-def play(rnn, seeds, tau=1.15, max_steps=2100, action=0.3, done_rule="threshold"):
+def save_m(rnn, run_dir):
+    """Write `rnn`'s weights as stage 4 exports them into run_dir/rnn/ → rnn."""
+    (run_dir / "rnn").mkdir(parents=True)
+    np.savez(
+        run_dir / "rnn" / "weights.npz",
+        task=np.str_("doom"),
+        **{
+            "lstm.kernel": rnn.kernel,
+            "lstm.recurrent_kernel": rnn.recurrent_kernel,
+            "lstm.bias": rnn.bias,
+            "mdn.kernel": rnn.head_kernel,
+            "mdn.bias": rnn.head_bias,
+            "initial_z_mu": rnn.initial_z[0],
+            "initial_z_logvar": rnn.initial_z[1],
+        },
+    )
+    return rnn
+
+
+def play(rnn, seeds, tau=1.15, max_steps=2100, action=0.3, done_rule="threshold", world=None):
     """Step a DreamBatch with a constant action, recording each step's running rows → (dream, trace)."""
-    dream = DreamBatch(rnn, np.asarray(seeds), tau, max_steps, done_rule=done_rule)
+    dream = DreamBatch(rnn, np.asarray(seeds), tau, max_steps, done_rule=done_rule, world=world)
     trace = []
     while not dream.done:
         trace.append(
@@ -160,21 +181,7 @@ def test_batch_controller_matches_one_controller_per_row():
 
 
 def test_dream_rollouts_score_each_candidate_by_survival(tmp_path):
-    rnn = doom_m()
-    (tmp_path / "rnn").mkdir()
-    np.savez(
-        tmp_path / "rnn" / "weights.npz",
-        task=np.str_("doom"),
-        **{
-            "lstm.kernel": rnn.kernel,
-            "lstm.recurrent_kernel": rnn.recurrent_kernel,
-            "lstm.bias": rnn.bias,
-            "mdn.kernel": rnn.head_kernel,
-            "mdn.bias": rnn.head_bias,
-            "initial_z_mu": rnn.initial_z[0],
-            "initial_z_logvar": rnn.initial_z[1],
-        },
-    )
+    save_m(doom_m(), tmp_path)
     rollouts = DreamRollouts(RolloutSpec(str(tmp_path), "doom", "zch", 2100, env="dream", tau=1.15))
     params = np.random.default_rng(0).normal(0, 0.1, (4, 1088))
     seeds = np.arange(12).reshape(4, 3)
@@ -183,6 +190,54 @@ def test_dream_rollouts_score_each_candidate_by_survival(tmp_path):
     for i in range(4):
         alone = rollouts.run(Job(params[i : i + 1], seeds[i : i + 1]))
         np.testing.assert_array_equal(alone.lengths[0], together.lengths[i])
+
+
+def test_in_another_ms_dream_z_and_ends_are_its_and_c_sees_its_own_ms_state():
+    own, world = doom_m(seed=0), doom_m(seed=1, done_bias=-3.0)
+    seeds = np.arange(20, 26)
+    for rule in ("threshold", "sample"):
+        mixed, mixed_trace = play(own, seeds, max_steps=300, action=-0.4, done_rule=rule, world=world)
+        alone, alone_trace = play(world, seeds, max_steps=300, action=-0.4, done_rule=rule)
+        np.testing.assert_array_equal(mixed.lengths, alone.lengths)  # the world's ends, the world's noise
+        assert len(set(mixed.lengths.tolist())) > 2 and mixed.lengths.min() < 300
+        for b in range(len(seeds)):
+            # Reference: C's M from zero state eats the world's z_t, a_t and restart (1 at t = 0 only).
+            h, c = own.initial_state(1)
+            for t in range(int(mixed.lengths[b])):
+                z, got_h, got_c = mixed_trace[t][b]
+                np.testing.assert_array_equal(z, alone_trace[t][b][0])
+                np.testing.assert_allclose(got_h, h[0], atol=1e-5)
+                np.testing.assert_allclose(got_c, c[0], atol=1e-5)
+                x = np.concatenate([z[None], [[-0.4, 1.0 if t == 0 else 0.0]]], axis=1).astype(np.float32)
+                _, h, c = own.step(x, h, c)
+    same, same_trace = play(own, seeds, max_steps=300, world=own)
+    plain, plain_trace = play(own, seeds, max_steps=300)
+    np.testing.assert_array_equal(same.lengths, plain.lengths)
+    for got, want in zip(same_trace, plain_trace):
+        for b in want:
+            for a, e in zip(got[b], want[b]):
+                np.testing.assert_array_equal(a, e)
+
+
+def test_dream_rollouts_alternate_episodes_between_the_worlds(tmp_path):
+    own, world = save_m(doom_m(seed=0), tmp_path / "own"), save_m(doom_m(seed=1, done_bias=-3.0), tmp_path / "world")
+    spec = RolloutSpec(str(tmp_path / "own"), "doom", "zch", 400, env="dream", tau=1.15)
+    both = DreamRollouts(dataclasses.replace(spec, worlds=(str(tmp_path / "world"),)))
+    params = np.random.default_rng(0).normal(0, 0.1, (3, 1088))
+    seeds = np.arange(30, 42).reshape(3, 4)
+    got = both.run(Job(params, seeds))
+    own_only = DreamRollouts(spec).run(Job(params, seeds[:, 0::2]))
+    np.testing.assert_array_equal(got.lengths[:, 0::2], own_only.lengths)
+    for i in range(3):  # the odd episodes: C (on its own M's state) in the other M's dream
+        dream = DreamBatch(own, seeds[i, 1::2], 1.15, 400, world=world)
+        controller = BatchController(controller_shape(DOOM), params[i : i + 1])
+        while not dream.done:
+            y = controller(
+                features(controller_shape(DOOM), dream.z, dream.h, dream.c), np.zeros(len(dream.active), int)
+            )
+            dream.step(y)
+        np.testing.assert_array_equal(got.lengths[i, 1::2], dream.lengths)
+    assert not np.array_equal(got.lengths[:, 1::2], DreamRollouts(spec).run(Job(params, seeds[:, 1::2])).lengths)
 
 
 def test_an_m_without_a_done_head_is_no_dream():
