@@ -328,7 +328,8 @@ def test_a_search_over_two_dreams_scores_half_of_each_candidates_episodes_in_eac
     out, other = make_run(tmp_path / "run", DOOM), make_run(tmp_path / "other", DOOM, seed=3)
     (other / "vae" / "weights.npz").write_bytes((out / "vae" / "weights.npz").read_bytes())  # one V, two Ms
     # Untrained Ms both end a step with p ≈ 1/11: give the other M a done bias that never ends an episode.
-    weights = dict(np.load(other / "rnn" / "weights.npz"))
+    with np.load(other / "rnn" / "weights.npz") as saved:
+        weights = dict(saved)
     weights["mdn.bias"][0] = -50.0  # the done logit
     np.savez(other / "rnn" / "weights.npz", **weights)
     flags = ["--task", "doom", "--popsize", "4", "--num-episode", "4", "--generations", "1", "--max-steps", "200"]
